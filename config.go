@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"eventgate/mock"
+)
+
+// config is everything eventgate reads from its environment, once, at start.
+type config struct {
+	Port            int
+	UpstreamURL     string // empty: start the embedded mock
+	UpstreamTimeout time.Duration
+	RequestTimeout  time.Duration // a whole client request, fan-out included
+
+	BreakerThreshold  int
+	BreakerWindow     time.Duration
+	BreakerBackoffMin time.Duration
+	BreakerBackoffMax time.Duration
+
+	FanoutLimit         int // event lookups in flight for one request
+	UpstreamMaxInflight int // upstream calls in flight for the whole process
+	EventCacheTTL       time.Duration
+	EventCacheSize      int
+
+	IdempotencyTTL  time.Duration
+	IdempotencyKeys int
+
+	APIToken  string // empty: POST /addEvent is open
+	LogLevel  slog.Level
+	LogFormat string // "text" or "json"
+
+	Mock mock.Options
+}
+
+// envDefaults lists every variable with its default, in the order of the
+// README's table.
+var envDefaults = []struct{ name, value string }{
+	{"PORT", "3000"},
+	{"UPSTREAM_URL", ""},
+	{"UPSTREAM_TIMEOUT", "2s"},
+	{"REQUEST_TIMEOUT", "10s"},
+	{"BREAKER_THRESHOLD", "3"},
+	{"BREAKER_WINDOW", "30s"},
+	{"BREAKER_BACKOFF_MIN", "5s"},
+	{"BREAKER_BACKOFF_MAX", "60s"},
+	{"FANOUT_LIMIT", "2500"},
+	{"UPSTREAM_MAX_INFLIGHT", "4000"},
+	{"EVENT_CACHE_TTL", "60s"},
+	{"EVENT_CACHE_SIZE", "100000"},
+	{"IDEMPOTENCY_TTL", "24h"},
+	{"IDEMPOTENCY_KEYS", "100000"},
+	{"API_TOKEN", ""},
+	{"LOG_LEVEL", "info"},
+	{"LOG_FORMAT", "text"},
+	{"MOCK_EVENT_DELAY", "500ms"},
+	{"MOCK_FAIL_RATE", "0.05"},
+	{"MOCK_ADD_CAPACITY", "5"},
+	{"MOCK_ADD_WINDOW", "10s"},
+}
+
+// loadConfig reads the configuration through getenv, falling back to the
+// defaults above. The first bad value is an error that names its variable.
+func loadConfig(getenv func(string) string) (config, error) {
+	p := envParser{getenv: getenv}
+	c := config{
+		Port:                p.int("PORT", 1, 65535),
+		UpstreamURL:         p.url("UPSTREAM_URL"),
+		UpstreamTimeout:     p.duration("UPSTREAM_TIMEOUT", time.Millisecond),
+		RequestTimeout:      p.duration("REQUEST_TIMEOUT", time.Millisecond),
+		BreakerThreshold:    p.int("BREAKER_THRESHOLD", 1, 1_000_000),
+		BreakerWindow:       p.duration("BREAKER_WINDOW", time.Millisecond),
+		BreakerBackoffMin:   p.duration("BREAKER_BACKOFF_MIN", time.Millisecond),
+		BreakerBackoffMax:   p.duration("BREAKER_BACKOFF_MAX", time.Millisecond),
+		FanoutLimit:         p.int("FANOUT_LIMIT", 1, 100_000),
+		UpstreamMaxInflight: p.int("UPSTREAM_MAX_INFLIGHT", 1, 100_000),
+		EventCacheTTL:       p.duration("EVENT_CACHE_TTL", 0),
+		EventCacheSize:      p.int("EVENT_CACHE_SIZE", 1, 100_000_000),
+		IdempotencyTTL:      p.duration("IDEMPOTENCY_TTL", time.Second),
+		IdempotencyKeys:     p.int("IDEMPOTENCY_KEYS", 1, 100_000_000),
+		APIToken:            p.get("API_TOKEN"),
+		LogLevel:            p.level("LOG_LEVEL"),
+		LogFormat:           p.oneOf("LOG_FORMAT", "text", "json"),
+		Mock: mock.Options{
+			EventDelay:  p.duration("MOCK_EVENT_DELAY", 0),
+			FailRate:    p.fraction("MOCK_FAIL_RATE"),
+			AddCapacity: p.int("MOCK_ADD_CAPACITY", 0, 1_000_000_000),
+			AddWindow:   p.duration("MOCK_ADD_WINDOW", time.Millisecond),
+			RejectDelay: 100 * time.Millisecond,
+		},
+	}
+	if p.err == nil && c.BreakerBackoffMax < c.BreakerBackoffMin {
+		p.fail("BREAKER_BACKOFF_MAX", c.BreakerBackoffMax.String(), "must not be shorter than BREAKER_BACKOFF_MIN")
+	}
+	return c, p.err
+}
+
+// envParser reads variables and keeps the first error, so loadConfig reads
+// as a list of fields rather than a ladder of if-err checks.
+type envParser struct {
+	getenv func(string) string
+	err    error
+}
+
+func (p *envParser) get(name string) string {
+	if v := p.getenv(name); v != "" {
+		return v
+	}
+	for _, d := range envDefaults {
+		if d.name == name {
+			return d.value
+		}
+	}
+	panic("no default for " + name) // a programming error, found by the tests
+}
+
+func (p *envParser) fail(name, value, why string) {
+	if p.err == nil {
+		p.err = fmt.Errorf("invalid %s=%q: %s", name, value, why)
+	}
+}
+
+func (p *envParser) int(name string, lo, hi int) int {
+	v := p.get(name)
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		p.fail(name, v, fmt.Sprintf("want a whole number from %d to %d", lo, hi))
+	}
+	return n
+}
+
+func (p *envParser) duration(name string, lo time.Duration) time.Duration {
+	v := p.get(name)
+	d, err := time.ParseDuration(v)
+	if err != nil || d < lo {
+		p.fail(name, v, fmt.Sprintf("want a duration of at least %v, like 500ms or 2s", lo))
+	}
+	return d
+}
+
+func (p *envParser) fraction(name string) float64 {
+	v := p.get(name)
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(f >= 0 && f <= 1) {
+		p.fail(name, v, "want a number from 0 to 1")
+	}
+	return f
+}
+
+func (p *envParser) oneOf(name string, allowed ...string) string {
+	v := strings.ToLower(p.get(name))
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	p.fail(name, v, "want one of "+strings.Join(allowed, ", "))
+	return allowed[0]
+}
+
+func (p *envParser) level(name string) slog.Level {
+	v := p.get(name)
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(v)); err != nil {
+		p.fail(name, v, "want debug, info, warn or error")
+	}
+	return l
+}
+
+func (p *envParser) url(name string) string {
+	v := p.get(name)
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p.fail(name, v, "want an http or https URL like http://events.internal:8080")
+	}
+	return v
+}
+
+// readDotEnv reads KEY=VALUE lines from path. A missing file is no error;
+// blank lines and lines starting with # are skipped; one pair of matching
+// quotes around a value is removed.
+func readDotEnv(path string) (map[string]string, error) {
+	vars := map[string]string{}
+	if path == "" {
+		return vars, nil
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return vars, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, value, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		if !ok {
+			return nil, fmt.Errorf("%s:%d: want KEY=VALUE", path, n)
+		}
+		value = strings.TrimSpace(value)
+		if len(value) >= 2 && (value[0] == '"' || value[0] == '\'') && value[len(value)-1] == value[0] {
+			value = value[1 : len(value)-1]
+		}
+		vars[strings.TrimSpace(key)] = value
+	}
+	return vars, sc.Err()
+}
+
+// withDotEnv returns a getenv in which the real environment wins over the
+// .env file's values.
+func withDotEnv(getenv func(string) string, file map[string]string) func(string) string {
+	return func(name string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return file[name]
+	}
+}

@@ -1,0 +1,3 @@
+module eventgate
+
+go 1.25

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+)
+
+// services are the dependencies the handlers share.
+type services struct {
+	up      *upstream
+	loader  *eventLoader      // events by id: bounded fan-out, cache, coalescing
+	breaker *breaker          // guards POST /addEvent
+	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
+	metrics *metrics
+	ready   *atomic.Bool // false once shutdown has begun
+}
+
+// newServer returns the gateway's whole HTTP API. Every route is listed here.
+func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /getUsers", handleList(s.up.Users))
+	mux.Handle("GET /getEvents", handleList(s.up.Events))
+	mux.Handle("GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader))
+	mux.Handle("POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys)))
+	mux.Handle("GET /health", handleHealth(s.breaker, s.metrics))
+	mux.Handle("GET /ready", handleReady(s.ready))
+	mux.Handle("GET /metrics", s.metrics)
+	mux.Handle("/", handleNoRoute(mux))
+	return withMiddleware(logger, cfg, s.metrics, mux)
+}
+
+// apiHandler is a handler that returns its error instead of writing it, so
+// that one place, writeError, turns every error into the client's answer.
+type apiHandler func(w http.ResponseWriter, r *http.Request) error
+
+func (h apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := h(w, r); err != nil {
+		writeError(w, r, err)
+	}
+}
+
+// handleList serves a list endpoint by passing the upstream's JSON array
+// through unchanged: it was checked to be a JSON array, and decoding and
+// encoding it again would only cost time.
+func handleList(fetch func(context.Context) ([]byte, error)) http.Handler {
+	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		body, err := fetch(r.Context())
+		if err != nil {
+			return err
+		}
+		writeRaw(w, http.StatusOK, body)
+		return nil
+	})
+}
+
+// handleEventsByUser answers the events of one user, in the user's order.
+// Events the user lists but the upstream no longer has are left out.
+func handleEventsByUser(up *upstream, loader *eventLoader) http.Handler {
+	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		id := r.PathValue("id")
+		if problem := checkID(id); problem != "" {
+			return errorf(http.StatusBadRequest, "invalid user id: %s", problem)
+		}
+		ids, err := up.UserEventIDs(r.Context(), id)
+		if isNotFound(err) {
+			return errorf(http.StatusNotFound, "user %q not found", id)
+		}
+		if err != nil {
+			return err
+		}
+		events, err := loader.Load(r.Context(), ids)
+		if err != nil {
+			return err
+		}
+		writeRaw(w, http.StatusOK, joinArray(events))
+		return nil
+	})
+}
+
+// handleHealth is the liveness check: cheap, no upstream call.
+func handleHealth(br *breaker, m *metrics) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		encode(w, http.StatusOK, map[string]any{
+			"status":     "ok",
+			"breaker":    br.Snapshot(),
+			"goroutines": m.goroutines(),
+		})
+	})
+}
+
+// handleReady is the readiness check: 503 once shutdown has begun, so that a
+// load balancer stops sending traffic before the listener closes.
+func handleReady(ready *atomic.Bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			writeError(w, r, errorf(http.StatusServiceUnavailable, "shutting down"))
+			return
+		}
+		encode(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+}
+
+// probeMethods are the methods tried to tell a 405 from a 404.
+var probeMethods = []string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+	http.MethodPatch, http.MethodDelete, http.MethodOptions,
+}
+
+// handleNoRoute answers what no route matched. Because "/" matches every
+// method, ServeMux routes a wrong method here instead of writing its own
+// plain-text 405; so this asks mux which methods the path has and answers
+// 405 with Allow, or 404, in JSON either way.
+func handleNoRoute(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, m := range probeMethods {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) == 0 {
+			writeError(w, r, errorf(http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path))
+			return
+		}
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
+			r.Method, r.URL.Path, strings.Join(allow, " or ")))
+	})
+}
+
+// maxIDLength bounds ids in paths and bodies; real ids are far shorter.
+const maxIDLength = 128
+
+// checkID returns what is wrong with an id, or "" if it is usable. Ids are
+// letters, digits, '-', '_' and '.', but not "." or ".." alone: nothing that
+// could change the meaning of an upstream path, even before escaping.
+func checkID(id string) string {
+	switch {
+	case id == "":
+		return "must not be empty"
+	case len(id) > maxIDLength:
+		return fmt.Sprintf("longer than %d characters", maxIDLength)
+	case id == "." || id == "..":
+		return "must not be a dot segment"
+	}
+	for _, c := range []byte(id) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return "may hold only letters, digits, '-', '_' and '.'"
+		}
+	}
+	return ""
+}
+
+func isNotFound(err error) bool {
+	var ue *upstreamError
+	return errors.As(err, &ue) && ue.Kind == failNotFound
+}
+
+// joinArray writes items as one JSON array without decoding them again.
+func joinArray(items []json.RawMessage) []byte {
+	n := 2
+	for _, it := range items {
+		n += len(it) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '[')
+	for i, it := range items {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, it...)
+	}
+	return append(b, ']')
+}
+
+// encode writes v as the JSON answer with the given status.
+func encode(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Only our own types are encoded here: a failure is a bug.
+		status, body = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+	}
+	writeRaw(w, status, body)
+}
+
+// writeRaw writes body, which is already JSON, with the given status.
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(status)
+	w.Write(body)
+	w.Write([]byte{'\n'})
+}
+
+// writeError writes err as {"error": "..."} with the status toAPIError
+// gives it, and logs what the client is not told.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	ae := toAPIError(err)
+	logger := loggerFrom(r.Context())
+	if ae.Status >= 500 {
+		logger.WarnContext(r.Context(), "request failed", "status", ae.Status, "err", err)
+	} else {
+		logger.DebugContext(r.Context(), "request refused", "status", ae.Status, "err", err)
+	}
+	if ae.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(ae.RetryAfter)))
+	}
+	body := map[string]any{"error": ae.Message}
+	if len(ae.Problems) > 0 {
+		body["problems"] = ae.Problems
+	}
+	encode(w, ae.Status, body)
+}
+
+// sortedKeys returns m's keys in order, for messages that list them.
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

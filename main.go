@@ -1,0 +1,223 @@
+// Command eventgate is the HTTP gateway of the Event Management System: it
+// answers GET /getUsers, GET /getEvents, GET /getEventsByUserId/{id} and
+// POST /addEvent by calling the external Event API, and stays responsive
+// when that API is slow or failing.
+//
+// With no UPSTREAM_URL it starts an embedded mock of the Event API, so that
+// `go run .` gives a working system. See README.md for the configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"eventgate/mock"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "eventgate: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run starts eventgate and blocks until ctx is cancelled, then shuts down
+// gracefully: in-flight requests finish, new connections are refused. It
+// returns an error if the configuration is bad or the server cannot listen.
+// Everything from the operating system arrives as a parameter, so tests
+// start the real server with a fake environment.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	flags := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	envFile := flags.String("env-file", ".env", "file of KEY=VALUE defaults; the real environment wins (empty: none)")
+	healthcheck := flags.Bool("healthcheck", false, "call the local /health and exit 0 if it answers 200, else 1 (for images without curl)")
+	mockOnly := flags.Bool("mock", false, "serve only the mock Event API on PORT")
+	if err := flags.Parse(args[1:]); err != nil {
+		return err
+	}
+
+	file, err := readDotEnv(*envFile)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", *envFile, err)
+	}
+	cfg, err := loadConfig(withDotEnv(getenv, file))
+	if err != nil {
+		return err
+	}
+	if *healthcheck {
+		return checkHealth(ctx, cfg.Port)
+	}
+	logger := newLogger(stdout, cfg)
+
+	if *mockOnly {
+		srv := newHTTPServer(cfg, mock.New(cfg.Mock), logger)
+		return serve(ctx, srv, cfg, logger, "mock Event API listening", nil)
+	}
+
+	upstreamURL := cfg.UpstreamURL
+	if upstreamURL == "" {
+		mockURL, stopMock, err := startEmbeddedMock(cfg, logger)
+		if err != nil {
+			return err
+		}
+		defer stopMock()
+		upstreamURL = mockURL
+	}
+
+	m := newMetrics()
+	br := newBreaker(breakerSettings{
+		Threshold:  cfg.BreakerThreshold,
+		Window:     cfg.BreakerWindow,
+		BackoffMin: cfg.BreakerBackoffMin,
+		BackoffMax: cfg.BreakerBackoffMax,
+		Logger:     logger,
+		OnChange:   m.breakerChanged,
+	})
+	defer br.Close()
+	up := newUpstream(upstreamOptions{
+		BaseURL:     upstreamURL,
+		Timeout:     cfg.UpstreamTimeout,
+		MaxInflight: cfg.UpstreamMaxInflight,
+		Retry:       defaultRetryPolicy(),
+		Metrics:     m,
+	})
+	ready := new(atomic.Bool)
+	ready.Store(true)
+	handler := newServer(logger, cfg, services{
+		up:      up,
+		loader:  newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, m)),
+		breaker: br,
+		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
+		metrics: m,
+		ready:   ready,
+	})
+
+	attrs := []any{"upstream", upstreamURL, "embedded_mock", cfg.UpstreamURL == ""}
+	if cfg.APIToken == "" {
+		attrs = append(attrs, "writes", "open: API_TOKEN is not set")
+	} else {
+		attrs = append(attrs, "writes", "bearer token required")
+	}
+	return serve(ctx, newHTTPServer(cfg, handler, logger), cfg, logger, "eventgate listening", ready, attrs...)
+}
+
+// newHTTPServer returns a server whose timeouts are chosen, not defaulted.
+func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Addr:    ":" + strconv.Itoa(cfg.Port),
+		Handler: h,
+		// Headers are small: a client that takes longer is slowloris.
+		ReadHeaderTimeout: 5 * time.Second,
+		// The largest body is 64 KiB; ten seconds is generous for it.
+		ReadTimeout: 10 * time.Second,
+		// Longer than the slowest legitimate answer, which the request
+		// deadline bounds, so a slow answer is cut by our 504, not a reset.
+		WriteTimeout:   cfg.RequestTimeout + 5*time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// shutdownTimeout bounds how long in-flight requests may take to finish
+// after a signal; it is longer than the request deadline, so none is cut.
+func shutdownTimeout(cfg config) time.Duration { return cfg.RequestTimeout + 5*time.Second }
+
+// serve listens, serves until ctx is done, then shuts down gracefully. A
+// listen error (the port in use) is returned at once. ready, if not nil, is
+// cleared as shutdown begins, so /ready turns 503 while requests drain.
+func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logger, msg string, ready *atomic.Bool, attrs ...any) error {
+	ln, err := net.Listen("tcp", srv.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
+	}
+	logger.InfoContext(ctx, msg, append([]any{"addr", ln.Addr().String()}, attrs...)...)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	if ready != nil {
+		ready.Store(false)
+	}
+	logger.Info("shutting down: finishing in-flight requests")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout(cfg))
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// startEmbeddedMock serves the mock Event API on a loopback port and
+// returns its URL and a function that stops it.
+func startEmbeddedMock(cfg config, logger *slog.Logger) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, fmt.Errorf("start embedded mock: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           mock.New(cfg.Mock),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln) // returns ErrServerClosed after Close
+	}()
+	stop := func() {
+		srv.Close()
+		<-done
+	}
+	return "http://" + ln.Addr().String(), stop, nil
+}
+
+// checkHealth calls the local /health, for -healthcheck.
+func checkHealth(ctx context.Context, port int) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", port), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: /health answered %s", resp.Status)
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, cfg config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

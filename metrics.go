@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// durationBuckets are the upper bounds, in seconds, of every duration
+// histogram: from a cache hit to a request deadline.
+var durationBuckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// metrics collects what GET /metrics exposes, in the Prometheus text format,
+// with no library. Every method is safe on a nil *metrics, which records
+// nothing, so that code under test needs none.
+type metrics struct {
+	mu          sync.Mutex            // protects the maps
+	requests    map[labels]uint64     // route, code
+	reqDuration map[labels]*histogram // route
+	upDuration  map[labels]*histogram // call, outcome
+	cache       map[labels]uint64     // result
+	transitions map[labels]uint64     // from, to
+	state       atomic.Int32          // breakerState
+	inflight    atomic.Int64          // upstream calls in flight
+}
+
+// labels is a series' label values, in the order its family names them.
+type labels [2]string
+
+type histogram struct {
+	counts []uint64 // per bucket, not cumulative; the last is +Inf
+	sum    float64
+	count  uint64
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		requests:    map[labels]uint64{},
+		reqDuration: map[labels]*histogram{},
+		upDuration:  map[labels]*histogram{},
+		cache:       map[labels]uint64{},
+		transitions: map[labels]uint64{},
+	}
+}
+
+func (h *histogram) observe(v float64) {
+	i, _ := slices.BinarySearch(durationBuckets, v)
+	h.counts[i]++
+	h.sum += v
+	h.count++
+}
+
+func observe(m map[labels]*histogram, l labels, d time.Duration) {
+	h := m[l]
+	if h == nil {
+		h = &histogram{counts: make([]uint64, len(durationBuckets)+1)}
+		m[l] = h
+	}
+	h.observe(d.Seconds())
+}
+
+func (m *metrics) observeRequest(route string, code int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.requests[labels{route, strconv.Itoa(code)}]++
+	observe(m.reqDuration, labels{route}, d)
+}
+
+func (m *metrics) observeUpstream(call, outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	observe(m.upDuration, labels{call, outcome}, d)
+}
+
+func (m *metrics) upstreamInflight(delta int64) {
+	if m != nil {
+		m.inflight.Add(delta)
+	}
+}
+
+func (m *metrics) cacheLookup(result string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cache[labels{result}]++
+}
+
+// breakerChanged is the breaker's OnChange hook.
+func (m *metrics) breakerChanged(from, to breakerState) {
+	if m == nil {
+		return
+	}
+	m.state.Store(int32(to))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.transitions[labels{from.String(), to.String()}]++
+}
+
+// goroutines is exposed in /health and /metrics so that an operator can see
+// a leak as it grows.
+func (m *metrics) goroutines() int { return runtime.NumGoroutine() }
+
+// ServeHTTP writes every metric in the Prometheus text exposition format.
+func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var b bytes.Buffer
+	m.mu.Lock()
+	writeCounter(&b, "eventgate_http_requests_total", "Requests answered, by route pattern and status code.",
+		[]string{"route", "code"}, m.requests)
+	writeHistograms(&b, "eventgate_http_request_duration_seconds", "Time to answer a request, by route pattern.",
+		[]string{"route"}, m.reqDuration)
+	writeHistograms(&b, "eventgate_upstream_request_duration_seconds", "Time of one upstream call, by call and outcome.",
+		[]string{"call", "outcome"}, m.upDuration)
+	writeCounter(&b, "eventgate_event_cache_lookups_total", "Event lookups by result: hit, miss, or coalesced into a lookup in flight.",
+		[]string{"result"}, m.cache)
+	writeCounter(&b, "eventgate_breaker_transitions_total", "Circuit breaker state changes.",
+		[]string{"from", "to"}, m.transitions)
+	m.mu.Unlock()
+
+	fmt.Fprintf(&b, "# HELP eventgate_breaker_state Circuit breaker state: 1 for the current one.\n# TYPE eventgate_breaker_state gauge\n")
+	for _, s := range []breakerState{stateClosed, stateOpen, stateHalfOpen} {
+		fmt.Fprintf(&b, "eventgate_breaker_state{state=%q} %d\n", s.String(), boolInt(breakerState(m.state.Load()) == s))
+	}
+	fmt.Fprintf(&b, "# HELP eventgate_upstream_inflight Upstream calls in flight.\n# TYPE eventgate_upstream_inflight gauge\neventgate_upstream_inflight %d\n", m.inflight.Load())
+	fmt.Fprintf(&b, "# HELP go_goroutines Number of goroutines that currently exist.\n# TYPE go_goroutines gauge\ngo_goroutines %d\n", m.goroutines())
+
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	w.Write(b.Bytes())
+}
+
+func writeCounter(b *bytes.Buffer, name, help string, names []string, series map[labels]uint64) {
+	fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name)
+	for _, l := range sortedLabels(series) {
+		fmt.Fprintf(b, "%s{%s} %d\n", name, formatLabels(names, l), series[l])
+	}
+}
+
+func writeHistograms(b *bytes.Buffer, name, help string, names []string, series map[labels]*histogram) {
+	fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name)
+	for _, l := range sortedLabels(series) {
+		h, ls := series[l], formatLabels(names, l)
+		var cumulative uint64
+		for i, c := range h.counts {
+			cumulative += c
+			le := "+Inf"
+			if i < len(durationBuckets) {
+				le = strconv.FormatFloat(durationBuckets[i], 'g', -1, 64)
+			}
+			fmt.Fprintf(b, "%s_bucket{%s,le=%q} %d\n", name, ls, le, cumulative)
+		}
+		fmt.Fprintf(b, "%s_sum{%s} %g\n%s_count{%s} %d\n", name, ls, h.sum, name, ls, h.count)
+	}
+}
+
+func sortedLabels[V any](m map[labels]V) []labels {
+	ls := make([]labels, 0, len(m))
+	for l := range m {
+		ls = append(ls, l)
+	}
+	slices.SortFunc(ls, func(a, b labels) int { return strings.Compare(a[0]+"\x00"+a[1], b[0]+"\x00"+b[1]) })
+	return ls
+}
+
+// labelEscaper escapes a label value as the exposition format requires.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+func formatLabels(names []string, l labels) string {
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = n + `="` + labelEscaper.Replace(l[i]) + `"`
+	}
+	return strings.Join(parts, ",")
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
