@@ -1,0 +1,175 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"eventgate/mock"
+)
+
+// handlerTransport is an in-memory http.RoundTripper that serves each
+// request by calling h directly. With no sockets, tests can run inside a
+// testing/synctest bubble, where the mock's delays take no real time. A
+// handler that panics with http.ErrAbortHandler (the mock dropping a
+// connection) becomes a network error, as it would be over TCP.
+type handlerTransport struct {
+	h     http.Handler
+	calls atomic.Int64 // requests that reached h
+}
+
+func (t *handlerTransport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
+	t.calls.Add(1)
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				panic(v)
+			}
+			resp, err = nil, errors.New("connection reset by peer")
+		}
+	}()
+	rec := httptest.NewRecorder()
+	t.h.ServeHTTP(rec, req)
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	return rec.Result(), nil
+}
+
+// testConfig is the default configuration, as if no variable were set.
+func testConfig(t *testing.T) config {
+	t.Helper()
+	cfg, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// testGateway is eventgate wired as run wires it, over an in-memory upstream.
+type testGateway struct {
+	handler   http.Handler
+	transport *handlerTransport
+	breaker   *breaker
+	metrics   *metrics
+	ready     *atomic.Bool
+	cfg       config
+}
+
+// newTestGateway returns eventgate in front of upstream, with the default
+// configuration as changed by edit (if not nil). Its breaker is closed when
+// the test ends.
+func newTestGateway(t *testing.T, upstream http.Handler, edit func(*config)) *testGateway {
+	t.Helper()
+	cfg := testConfig(t)
+	if edit != nil {
+		edit(&cfg)
+	}
+	logger := slog.New(slog.DiscardHandler)
+	tr := &handlerTransport{h: upstream}
+	m := newMetrics()
+	br := newBreaker(breakerSettings{
+		Threshold:  cfg.BreakerThreshold,
+		Window:     cfg.BreakerWindow,
+		BackoffMin: cfg.BreakerBackoffMin,
+		BackoffMax: cfg.BreakerBackoffMax,
+		Logger:     logger,
+		OnChange:   m.breakerChanged,
+	})
+	t.Cleanup(br.Close)
+	up := newUpstream(upstreamOptions{
+		BaseURL:     "http://upstream.test",
+		Timeout:     cfg.UpstreamTimeout,
+		MaxInflight: cfg.UpstreamMaxInflight,
+		Retry:       defaultRetryPolicy(),
+		Metrics:     m,
+		Transport:   tr,
+	})
+	ready := new(atomic.Bool)
+	ready.Store(true)
+	h := newServer(logger, cfg, services{
+		up:      up,
+		loader:  newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, m)),
+		breaker: br,
+		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
+		metrics: m,
+		ready:   ready,
+	})
+	return &testGateway{handler: h, transport: tr, breaker: br, metrics: m, ready: ready, cfg: cfg}
+}
+
+// quietMock is the mock with no delay, no failures and unlimited capacity.
+func quietMock() *mock.Handler { return mock.New(mock.Options{}) }
+
+// get serves GET path and returns the recorded answer.
+func (g *testGateway) get(path string) *httptest.ResponseRecorder {
+	return g.serve(httptest.NewRequest(http.MethodGet, path, nil))
+}
+
+// post serves POST path with a JSON body.
+func (g *testGateway) post(path, body string, header ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return g.serve(req)
+}
+
+func (g *testGateway) serve(req *http.Request) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	g.handler.ServeHTTP(rec, req)
+	return rec
+}
+
+// errorBody decodes an error answer, failing the test if it is not the
+// JSON error of the design brief.
+func errorBody(t *testing.T, rec *httptest.ResponseRecorder) string {
+	t.Helper()
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q; want application/json", ct)
+	}
+	var body struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Error == "" {
+		t.Fatalf("body %q is not {\"error\": \"...\"}", rec.Body.String())
+	}
+	return body.Error
+}
+
+// decodeEvents decodes a JSON array of events.
+func decodeEvents(t *testing.T, body io.Reader) []mock.Event {
+	t.Helper()
+	var events []mock.Event
+	if err := json.NewDecoder(body).Decode(&events); err != nil {
+		t.Fatalf("decoding events: %v", err)
+	}
+	return events
+}
+
+// checkGoroutines fails the test if, at its end, more goroutines exist than
+// at its start, once those that are ending have had a moment to end.
+func checkGoroutines(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			runtime.Gosched() // goroutines that were told to end need to be scheduled to end
+			time.Sleep(time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<16)
+			t.Errorf("%d goroutines at the end, %d at the start:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+		}
+	})
+}
