@@ -86,6 +86,7 @@ type breaker struct {
 	trialsOut   int           // half-open: trials in flight
 	successes   int           // half-open: consecutive successful trials
 	timesOpened int
+	since       time.Time // when the current state began
 	probing     bool // a probe goroutine is running
 	shut        bool // Close was called: start no more probes
 
@@ -215,6 +216,7 @@ func (b *breaker) jittered(d time.Duration) time.Duration {
 func (b *breaker) transition(to breakerState, reason string) {
 	from := b.state
 	b.state = to
+	b.since = time.Now()
 	b.generation++
 	b.trialsOut, b.successes, b.trialLimit = 0, 0, 1
 	attrs := []any{"from", from.String(), "to", to.String(), "reason", reason}
@@ -308,6 +310,7 @@ func (b *breaker) Close() {
 // breakerSnapshot is the breaker as GET /health shows it.
 type breakerSnapshot struct {
 	State            string     `json:"state"`
+	Since            *time.Time `json:"since,omitempty"`
 	FailuresInWindow int        `json:"failuresInWindow"`
 	NextTrialAt      *time.Time `json:"nextTrialAt,omitempty"`
 	RetryAfterSecs   int        `json:"retryAfterSeconds,omitempty"`
@@ -323,6 +326,10 @@ func (b *breaker) Snapshot() breakerSnapshot {
 		State:            b.state.String(),
 		FailuresInWindow: len(b.pruned(now)),
 		TimesOpened:      b.timesOpened,
+	}
+	if !b.since.IsZero() {
+		since := b.since.UTC()
+		s.Since = &since
 	}
 	if b.state == stateOpen {
 		next := b.nextTrial.UTC()

@@ -1,0 +1,383 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"eventgate/mock"
+)
+
+var (
+	errFault   = &upstreamError{Op: "addEvent", Kind: failStatus, Status: 500}
+	errClient  = &upstreamError{Op: "addEvent", Kind: failNotFound, Status: 404}
+	errGone    = &upstreamError{Op: "addEvent", Kind: failCanceled, Err: context.Canceled}
+	errTimeout = &upstreamError{Op: "addEvent", Kind: failTimeout}
+)
+
+// newTestBreaker returns a breaker with the default settings (3 faults in
+// 30s, backoff 5s to 60s) and a fixed jitter draw.
+func newTestBreaker(t *testing.T, jitter float64) *breaker {
+	b := newBreaker(breakerSettings{
+		Threshold: 3, Window: 30 * time.Second, BackoffMin: 5 * time.Second, BackoffMax: 60 * time.Second,
+		Jitter: func() float64 { return jitter },
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	t.Cleanup(b.Close)
+	return b
+}
+
+// call passes one call through b with the given result, failing the test
+// if b refuses it.
+func call(t *testing.T, b *breaker, result error) {
+	t.Helper()
+	tk, err := b.Allow()
+	if err != nil {
+		t.Fatalf("Allow refused a call in state %s: %v", b.Snapshot().State, err)
+	}
+	b.Done(tk, result)
+}
+
+func wantState(t *testing.T, b *breaker, want breakerState) {
+	t.Helper()
+	synctest.Wait() // let the probe goroutine act on what just happened
+	if got := b.Snapshot().State; got != want.String() {
+		t.Fatalf("state %s; want %s", got, want)
+	}
+}
+
+func TestBreakerWindowSlides(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		call(t, b, errFault) // t=0
+		time.Sleep(10 * time.Second)
+		call(t, b, errFault) // t=10s
+		call(t, b, nil)      // a success erases nothing
+		time.Sleep(21 * time.Second)
+		call(t, b, errFault) // t=31s: the first fault has slid out
+		wantState(t, b, stateClosed)
+		if n := b.Snapshot().FailuresInWindow; n != 2 {
+			t.Errorf("failures in window = %d; want 2", n)
+		}
+		call(t, b, errTimeout) // the third within 30s
+		wantState(t, b, stateOpen)
+	})
+}
+
+func TestBreakerIgnoresClientErrorsAndCancellations(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		for range 10 {
+			call(t, b, errClient)
+			call(t, b, errGone)
+			call(t, b, &upstreamError{Op: "addEvent", Kind: failRejected, Status: 400})
+		}
+		wantState(t, b, stateClosed)
+	})
+}
+
+func TestBreakerOpenRefusesWithRetryAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		for range 3 {
+			call(t, b, errFault)
+		}
+		wantState(t, b, stateOpen)
+		time.Sleep(1500 * time.Millisecond)
+		_, err := b.Allow()
+		var oe *openError
+		if !errors.As(err, &oe) || oe.RetryAfter != 3500*time.Millisecond {
+			t.Fatalf("Allow while open = %v; want an openError with 3.5s to wait", err)
+		}
+		if ae := toAPIError(err); ae.Status != 503 || retrySeconds(ae.RetryAfter) != 4 {
+			t.Errorf("client sees %d, Retry-After %d; want 503, 4", ae.Status, retrySeconds(ae.RetryAfter))
+		}
+	})
+}
+
+// TestBreakerBackoffDoublesToTheCap fails every trial and checks that each
+// wait before half-open is twice the last, up to BREAKER_BACKOFF_MAX.
+func TestBreakerBackoffDoublesToTheCap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		for range 3 {
+			call(t, b, errFault)
+		}
+		for _, wait := range []time.Duration{5, 10, 20, 40, 60, 60} {
+			wait *= time.Second
+			time.Sleep(wait - time.Millisecond)
+			wantState(t, b, stateOpen)
+			time.Sleep(time.Millisecond)
+			wantState(t, b, stateHalfOpen)
+			call(t, b, errFault) // the trial fails
+			wantState(t, b, stateOpen)
+		}
+		if n := b.Snapshot().TimesOpened; n != 7 {
+			t.Errorf("times opened = %d; want 7", n)
+		}
+	})
+}
+
+func TestBreakerJitterStaysWithinBounds(t *testing.T) {
+	for _, draw := range []float64{0, 0.5, 0.999999} {
+		b := newBreaker(breakerSettings{Jitter: func() float64 { return draw }})
+		got := b.jittered(10 * time.Second)
+		if got > 10*time.Second || got < 8*time.Second {
+			t.Errorf("jittered(10s) with draw %v = %v; want within [8s, 10s]", draw, got)
+		}
+	}
+	b := newBreaker(breakerSettings{Jitter: func() float64 { return 0.5 }})
+	if got := b.jittered(10 * time.Second); got != 9*time.Second {
+		t.Errorf("jittered(10s) with draw 0.5 = %v; want 9s", got)
+	}
+}
+
+// TestBreakerHalfOpenRampsUpThenCloses checks that half-open admits one
+// trial, then two, and closes after three successes.
+func TestBreakerHalfOpenRampsUpThenCloses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		for range 3 {
+			call(t, b, errFault)
+		}
+		time.Sleep(5 * time.Second)
+		wantState(t, b, stateHalfOpen)
+
+		first, err := b.Allow()
+		if err != nil {
+			t.Fatalf("first trial refused: %v", err)
+		}
+		if _, err := b.Allow(); err == nil {
+			t.Fatal("a second concurrent trial was admitted; want one at a time")
+		}
+		b.Done(first, errClient) // a 4xx frees the slot, decides nothing
+		wantState(t, b, stateHalfOpen)
+		call(t, b, nil)
+
+		t1, err1 := b.Allow()
+		t2, err2 := b.Allow()
+		_, err3 := b.Allow()
+		if err1 != nil || err2 != nil || err3 == nil {
+			t.Fatalf("after one success: trials admitted %v %v %v; want two of three", err1, err2, err3)
+		}
+		b.Done(t1, nil)
+		b.Done(t2, nil)
+		wantState(t, b, stateClosed)
+	})
+}
+
+// TestBreakerIgnoresResultsFromAnEarlierGeneration checks that a call that
+// began before the breaker opened cannot count as a trial.
+func TestBreakerIgnoresResultsFromAnEarlierGeneration(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		slow, _ := b.Allow()
+		for range 3 {
+			call(t, b, errFault)
+		}
+		time.Sleep(5 * time.Second)
+		wantState(t, b, stateHalfOpen)
+		b.Done(slow, nil) // began while closed
+		b.Done(slow, errFault)
+		wantState(t, b, stateHalfOpen)
+		if _, err := b.Allow(); err != nil {
+			t.Errorf("the trial slot was taken by an old result: %v", err)
+		}
+	})
+}
+
+func TestBreakerProbeEndsWhenClosedAndOnShutdown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		for range 3 {
+			call(t, b, errFault)
+		}
+		done := b.done
+		time.Sleep(5 * time.Second)
+		wantState(t, b, stateHalfOpen)
+		for range 3 {
+			call(t, b, nil)
+		}
+		wantState(t, b, stateClosed)
+		select {
+		case <-done:
+		default:
+			t.Fatal("the probe goroutine still runs after the breaker closed")
+		}
+
+		for range 3 {
+			call(t, b, errFault)
+		}
+		wantState(t, b, stateOpen)
+		b.Close() // returns only once the new probe has ended
+		select {
+		case <-b.done:
+		default:
+			t.Fatal("the probe goroutine still runs after Close")
+		}
+		time.Sleep(time.Minute)
+		wantState(t, b, stateOpen) // nothing recovers it any more
+	})
+}
+
+// TestBreakerUnderConcurrentCallers hammers the breaker from hundreds of
+// goroutines (run it with -race) while it opens and recovers, and checks
+// that its bookkeeping stays consistent.
+func TestBreakerUnderConcurrentCallers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0.5)
+		var wg sync.WaitGroup
+		var admitted, refused atomic.Int64
+		for i := range 300 {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(i), 1))
+				for range 50 {
+					tk, err := b.Allow()
+					if err != nil {
+						refused.Add(1)
+						time.Sleep(time.Second)
+						continue
+					}
+					admitted.Add(1)
+					time.Sleep(time.Duration(r.IntN(100)) * time.Millisecond)
+					var result error
+					if r.IntN(10) == 0 {
+						result = errFault
+					}
+					b.Done(tk, result)
+				}
+			})
+		}
+		wg.Wait()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.trialsOut < 0 || b.trialsOut > b.trialLimit {
+			t.Errorf("trials out %d with limit %d", b.trialsOut, b.trialLimit)
+		}
+		if admitted.Load() == 0 || refused.Load() == 0 || b.timesOpened == 0 {
+			t.Errorf("admitted %d, refused %d, opened %d times: the breaker was not exercised", admitted.Load(), refused.Load(), b.timesOpened)
+		}
+	})
+}
+
+// TestBreakerEndToEnd sends one POST /addEvent every 100ms to the mock with
+// its default capacity (5 per 10s): the breaker opens, the upstream sees no
+// call while it is open and one trial at a time while half-open, and the
+// breaker closes by itself once the mock's window has cleared.
+func TestBreakerEndToEnd(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		opts := mock.DefaultOptions()
+		opts.EventDelay, opts.FailRate = 0, 0
+		m := mock.New(opts)
+		var g *testGateway
+		var inOpen, concurrentTrials, maxTrials atomic.Int64
+		upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch s := g.breaker.Snapshot(); s.State {
+			case "open":
+				// A call admitted while closed may arrive in the very
+				// instant the breaker opens; one arriving later is a leak.
+				if time.Now().After(*s.Since) {
+					inOpen.Add(1)
+				}
+			case "half-open":
+				n := concurrentTrials.Add(1)
+				defer concurrentTrials.Add(-1)
+				if n > maxTrials.Load() {
+					maxTrials.Store(n)
+				}
+			}
+			m.ServeHTTP(w, r)
+		})
+		g = newTestGateway(t, upstream, func(c *config) { c.BreakerBackoffMin = time.Second })
+
+		var wg sync.WaitGroup
+		codes := make([]int, 600)
+		for i := range codes {
+			wg.Go(func() {
+				codes[i] = g.post("/addEvent", `{"name": "tick `+strconv.Itoa(i)+`", "userId": "1"}`).Code
+			})
+			time.Sleep(100 * time.Millisecond)
+		}
+		wg.Wait()
+
+		s := g.breaker.Snapshot()
+		if s.TimesOpened == 0 {
+			t.Fatal("the breaker never opened under traffic above capacity")
+		}
+		if n := inOpen.Load(); n != 0 {
+			t.Errorf("the upstream received %d calls while the breaker was open; want 0", n)
+		}
+		if n := maxTrials.Load(); n > 4 {
+			t.Errorf("up to %d trials in flight while half-open; want the ramp's 1, 2, 4", n)
+		}
+		g.metrics.mu.Lock()
+		closes := g.metrics.transitions[labels{"half-open", "closed"}]
+		g.metrics.mu.Unlock()
+		if closes == 0 {
+			t.Error("the breaker never closed by itself")
+		}
+		accepted := 0
+		for _, c := range codes[300:] {
+			if c == 200 {
+				accepted++
+			}
+		}
+		if accepted == 0 {
+			t.Error("no event was accepted in the second half of the run")
+		}
+		if stored := m.EventCount() - 4; stored != countOK(codes) {
+			t.Errorf("upstream stored %d events; clients were told %d succeeded", stored, countOK(codes))
+		}
+	})
+}
+
+func countOK(codes []int) int {
+	n := 0
+	for _, c := range codes {
+		if c == 200 {
+			n++
+		}
+	}
+	return n
+}
+
+func TestOpenBreakerAnswers503WithoutCallingTheUpstream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, statusUpstream(500, "text/plain", "boom"), nil)
+		for range 3 {
+			if rec := g.post("/addEvent", `{"name": "x", "userId": "1"}`); rec.Code != 502 {
+				t.Fatalf("POST with the upstream failing = %d; want 502", rec.Code)
+			}
+		}
+		time.Sleep(time.Second)
+		rec := g.post("/addEvent", `{"name": "x", "userId": "1"}`)
+		if rec.Code != 503 || rec.Header().Get("Retry-After") != "4" {
+			t.Errorf("POST while open = %d, Retry-After %q; want 503, 4", rec.Code, rec.Header().Get("Retry-After"))
+		}
+		if msg := errorBody(t, rec); msg != "the event service is unavailable; retry after 4 seconds" {
+			t.Errorf("error = %q", msg)
+		}
+		if n := g.transport.calls.Load(); n != 3 {
+			t.Errorf("upstream called %d times; want 3 (none while open)", n)
+		}
+		if rec := g.get("/getUsers"); rec.Code != 502 {
+			t.Errorf("GET /getUsers = %d; reads do not pass the write breaker, want the upstream's 502", rec.Code)
+		}
+		var health struct {
+			Breaker breakerSnapshot `json:"breaker"`
+		}
+		json.Unmarshal(g.get("/health").Body.Bytes(), &health)
+		if b := health.Breaker; b.State != "open" || b.TimesOpened != 1 || b.RetryAfterSecs != 4 || b.NextTrialAt == nil {
+			t.Errorf("/health breaker = %+v; want open once, next trial in 4s", b)
+		}
+	})
+}
