@@ -87,8 +87,8 @@ type breaker struct {
 	successes   int           // half-open: consecutive successful trials
 	timesOpened int
 	since       time.Time // when the current state began
-	probing     bool // a probe goroutine is running
-	shut        bool // Close was called: start no more probes
+	probing     bool      // a probe goroutine is running
+	shut        bool      // Close was called: start no more probes
 
 	wake chan struct{} // half-open resolved; buffered so a send never blocks
 	quit chan struct{} // closed by Close
