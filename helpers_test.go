@@ -59,6 +59,7 @@ type testGateway struct {
 	handler   http.Handler
 	transport *handlerTransport
 	breaker   *breaker
+	cache     *eventCache
 	metrics   *metrics
 	ready     *atomic.Bool
 	cfg       config
@@ -95,15 +96,16 @@ func newTestGateway(t *testing.T, upstream http.Handler, edit func(*config)) *te
 	})
 	ready := new(atomic.Bool)
 	ready.Store(true)
+	cache := newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, m)
 	h := newServer(logger, cfg, services{
 		up:      up,
-		loader:  newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, m)),
+		loader:  newEventLoader(up, cfg.FanoutLimit, cache),
 		breaker: br,
 		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
 		metrics: m,
 		ready:   ready,
 	})
-	return &testGateway{handler: h, transport: tr, breaker: br, metrics: m, ready: ready, cfg: cfg}
+	return &testGateway{handler: h, transport: tr, breaker: br, cache: cache, metrics: m, ready: ready, cfg: cfg}
 }
 
 // quietMock is the mock with no delay, no failures and unlimited capacity.

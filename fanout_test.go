@@ -1,0 +1,371 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeEventAPI is an upstream whose users and event answers a test sets
+// freely: lists with duplicates or unknown ids, failing events, delays.
+type fakeEventAPI struct {
+	delay   time.Duration       // before every event answer
+	users   map[string][]string // user id → event ids
+	failing map[string]int      // event id → status it answers with, at once
+
+	mu        sync.Mutex
+	calls     map[string]int // event id → lookups received
+	inflight  int
+	peak      int   // most event lookups in flight at once
+	cancelled int64 // event lookups whose caller gave up
+}
+
+func newFakeEventAPI(delay time.Duration) *fakeEventAPI {
+	return &fakeEventAPI{delay: delay, users: map[string][]string{}, failing: map[string]int{}, calls: map[string]int{}}
+}
+
+// addUser gives user id the events e0 … e(n-1).
+func (f *fakeEventAPI) addUser(id string, n int) {
+	for i := range n {
+		f.users[id] = append(f.users[id], fmt.Sprintf("e%d", i))
+	}
+}
+
+func (f *fakeEventAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if strings.HasPrefix(r.URL.Path, "/getUserById/") {
+		events, ok := f.users[r.URL.Path[len("/getUserById/"):]]
+		if !ok {
+			http.Error(w, "{}", 404)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"events": events})
+		return
+	}
+	id = r.URL.Path[len("/getEventById/"):]
+	f.mu.Lock()
+	f.calls[id]++
+	f.inflight++
+	f.peak = max(f.peak, f.inflight)
+	status := f.failing[id]
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.inflight--
+		f.mu.Unlock()
+	}()
+	if status != 0 {
+		w.WriteHeader(status)
+		return
+	}
+	select {
+	case <-time.After(f.delay):
+	case <-r.Context().Done():
+		atomic.AddInt64(&f.cancelled, 1)
+		return
+	}
+	if id == "gone" {
+		http.Error(w, "{}", 404)
+		return
+	}
+	fmt.Fprintf(w, `{"id": %q}`, id)
+}
+
+func (f *fakeEventAPI) lookups() (total, peak int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.calls {
+		total += n
+	}
+	return total, f.peak
+}
+
+// eventIDs decodes a response's events and returns their ids.
+func eventIDs(t *testing.T, rec *httptest.ResponseRecorder) []string {
+	t.Helper()
+	if rec.Code != 200 {
+		t.Fatalf("status %d %q; want 200", rec.Code, rec.Body)
+	}
+	var ids []string
+	for _, e := range decodeEvents(t, rec.Body) {
+		ids = append(ids, e.ID)
+	}
+	return ids
+}
+
+func TestFanoutKeepsOrderFetchesDuplicatesOnceAndSkipsGoneEvents(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.users["u"] = []string{"e3", "e1", "gone", "e3", "e2"}
+		g := newTestGateway(t, api, nil)
+		got := strings.Join(eventIDs(t, g.get("/getEventsByUserId/u")), ",")
+		if got != "e3,e1,e3,e2" {
+			t.Errorf("events = %s; want e3,e1,e3,e2 (the gone one left out)", got)
+		}
+		if api.calls["e3"] != 1 || api.calls["gone"] != 1 {
+			t.Errorf("lookups %v; want each id once", api.calls)
+		}
+	})
+}
+
+// TestFanoutTakesOneRound checks the latency floor: however many events a
+// user has (up to FANOUT_LIMIT), their lookups run in one parallel round.
+func TestFanoutTakesOneRound(t *testing.T) {
+	for _, n := range []int{1, 10, 100, 1000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				api := newFakeEventAPI(500 * time.Millisecond)
+				api.addUser("u", n)
+				g := newTestGateway(t, api, nil)
+				start := time.Now()
+				if ids := eventIDs(t, g.get("/getEventsByUserId/u")); len(ids) != n {
+					t.Errorf("%d events; want %d", len(ids), n)
+				}
+				if took := time.Since(start); took != 500*time.Millisecond {
+					t.Errorf("%d events took %v; want one round, 500ms", n, took)
+				}
+			})
+		})
+	}
+}
+
+func TestFanoutIsBoundedPerRequestAndPerProcess(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.addUser("a", 100)
+		for i := range 100 { // other ids: the same ones would be coalesced
+			api.users["b"] = append(api.users["b"], fmt.Sprintf("f%d", i))
+		}
+		g := newTestGateway(t, api, func(c *config) {
+			c.FanoutLimit, c.UpstreamMaxInflight, c.EventCacheTTL = 10, 15, 0
+		})
+		start := time.Now()
+		eventIDs(t, g.get("/getEventsByUserId/a"))
+		if took := time.Since(start); took != 5*time.Second {
+			t.Errorf("100 events with FANOUT_LIMIT=10 took %v; want 10 rounds, 5s", took)
+		}
+		if _, peak := api.lookups(); peak != 10 {
+			t.Errorf("peak lookups in flight = %d; want FANOUT_LIMIT, 10", peak)
+		}
+
+		api.peak = 0
+		var wg sync.WaitGroup
+		for _, user := range []string{"a", "b"} {
+			wg.Go(func() { g.get("/getEventsByUserId/" + user) })
+		}
+		wg.Wait()
+		if _, peak := api.lookups(); peak != 15 {
+			t.Errorf("peak lookups in flight for two requests = %d; want UPSTREAM_MAX_INFLIGHT, 15", peak)
+		}
+	})
+}
+
+// TestHugeRequestDoesNotStarveSmallOnes runs a request for 5,000 events and,
+// while it runs, one for a single event: the small one takes one round.
+func TestHugeRequestDoesNotStarveSmallOnes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.addUser("huge", 5000)
+		api.users["small"] = []string{"only"}
+		g := newTestGateway(t, api, nil)
+
+		hugeDone := make(chan time.Duration)
+		start := time.Now()
+		go func() {
+			eventIDs(t, g.get("/getEventsByUserId/huge"))
+			hugeDone <- time.Since(start)
+		}()
+		time.Sleep(100 * time.Millisecond)
+		smallStart := time.Now()
+		eventIDs(t, g.get("/getEventsByUserId/small"))
+		if took := time.Since(smallStart); took != 500*time.Millisecond {
+			t.Errorf("small request took %v while a huge one ran; want one round, 500ms", took)
+		}
+		if took := <-hugeDone; took != time.Second {
+			t.Errorf("5,000 events took %v; want 2 rounds of FANOUT_LIMIT=2500, 1s", took)
+		}
+	})
+}
+
+// TestClientGoingAwayCancelsEveryLookup checks that when the client leaves,
+// the upstream sees every outstanding lookup cancelled and nothing of the
+// request keeps running (synctest fails the test if a goroutine is left).
+func TestClientGoingAwayCancelsEveryLookup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.addUser("u", 200)
+		g := newTestGateway(t, api, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		req := httptest.NewRequestWithContext(ctx, "GET", "/getEventsByUserId/u", nil)
+		done := make(chan *httptest.ResponseRecorder)
+		go func() { done <- g.serve(req) }()
+		time.Sleep(100 * time.Millisecond)
+		cancel()
+		rec := <-done
+		synctest.Wait()
+		if n := atomic.LoadInt64(&api.cancelled); n != 200 {
+			t.Errorf("upstream saw %d lookups cancelled; want all 200", n)
+		}
+		if rec.Code != statusClientClosed {
+			t.Errorf("status logged %d; want %d", rec.Code, statusClientClosed)
+		}
+		if n := len(g.loaderFlights()); n != 0 {
+			t.Errorf("%d lookups still registered after the client left", n)
+		}
+	})
+}
+
+func TestRequestDeadlineEndsTheFanoutWith504(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(time.Minute)
+		api.addUser("u", 50)
+		g := newTestGateway(t, api, func(c *config) { c.RequestTimeout, c.UpstreamTimeout = time.Second, 5*time.Second })
+		start := time.Now()
+		rec := g.get("/getEventsByUserId/u")
+		if took := time.Since(start); rec.Code != 504 || took != time.Second {
+			t.Errorf("= %d after %v; want 504 after REQUEST_TIMEOUT, 1s", rec.Code, took)
+		}
+		synctest.Wait()
+		if n := atomic.LoadInt64(&api.cancelled); n != 50 {
+			t.Errorf("upstream saw %d lookups cancelled; want 50", n)
+		}
+	})
+}
+
+// TestOneFailingLookupFailsFastAndCancelsTheRest checks that an event
+// answering 500 fails the request at once with 502, without waiting for
+// the other lookups, which are cancelled.
+func TestOneFailingLookupFailsFastAndCancelsTheRest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.addUser("u", 20)
+		api.failing["e7"] = 500
+		g := newTestGateway(t, api, nil)
+		start := time.Now()
+		rec := g.get("/getEventsByUserId/u")
+		if took := time.Since(start); rec.Code != 502 || took != 0 {
+			t.Errorf("= %d after %v; want 502 at once", rec.Code, took)
+		}
+		synctest.Wait()
+		started, _ := api.lookups()
+		if n := atomic.LoadInt64(&api.cancelled); n != int64(started-1) || started > 20 {
+			t.Errorf("upstream saw %d of %d lookups cancelled; want every one but the failed one", n, started)
+		}
+	})
+}
+
+func TestEventCacheServesRepeatsAndExpires(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.addUser("u", 30)
+		g := newTestGateway(t, api, nil) // EVENT_CACHE_TTL=60s
+		eventIDs(t, g.get("/getEventsByUserId/u"))
+		start := time.Now()
+		if ids := eventIDs(t, g.get("/getEventsByUserId/u")); len(ids) != 30 {
+			t.Fatalf("warm request: %d events; want 30", len(ids))
+		}
+		if took, _ := time.Since(start), 0; took != 0 {
+			t.Errorf("warm request took %v; want no event round", took)
+		}
+		if n, _ := api.lookups(); n != 30 {
+			t.Errorf("%d event lookups after a repeat; want 30, the repeat served from cache", n)
+		}
+		api.users["u"] = append(api.users["u"], "new") // the user lookup is never cached
+		if ids := eventIDs(t, g.get("/getEventsByUserId/u")); len(ids) != 31 {
+			t.Errorf("after the user gained an event: %d events; want 31", len(ids))
+		}
+		time.Sleep(61 * time.Second)
+		eventIDs(t, g.get("/getEventsByUserId/u"))
+		if n, _ := api.lookups(); n != 30+1+31 {
+			t.Errorf("%d event lookups after the TTL; want 62, all 31 fetched again", n)
+		}
+	})
+}
+
+func TestEventCacheCanBeTurnedOffAndStillCoalesces(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.addUser("u", 10)
+		g := newTestGateway(t, api, func(c *config) { c.EventCacheTTL = 0 })
+		var wg sync.WaitGroup
+		for range 5 {
+			wg.Go(func() { eventIDs(t, g.get("/getEventsByUserId/u")) })
+		}
+		wg.Wait()
+		if n, _ := api.lookups(); n != 10 {
+			t.Errorf("5 concurrent requests made %d lookups; want 10, coalesced", n)
+		}
+		eventIDs(t, g.get("/getEventsByUserId/u"))
+		if n, _ := api.lookups(); n != 20 {
+			t.Errorf("with the cache off, a later request made %d lookups in all; want 20", n)
+		}
+	})
+}
+
+func TestEventCacheIsBounded(t *testing.T) {
+	c := newEventCache(2, time.Minute, nil)
+	fetch := func(_ context.Context, id string) (json.RawMessage, error) { return json.RawMessage(`{}`), nil }
+	for _, id := range []string{"a", "b", "a", "c"} { // "b" is least recently used when "c" arrives
+		c.Get(t.Context(), id, fetch)
+	}
+	if _, ok := c.peek("b", time.Now()); ok || c.Len() != 2 {
+		t.Errorf("cache holds %d entries, b present %v; want 2, b evicted", c.Len(), ok)
+	}
+	for _, id := range []string{"a", "c"} {
+		if _, ok := c.peek(id, time.Now()); !ok {
+			t.Errorf("%s evicted; want it kept", id)
+		}
+	}
+}
+
+// loaderFlights lists the lookups the gateway's cache has in flight.
+func (g *testGateway) loaderFlights() []string {
+	c := g.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ids []string
+	for id := range c.flights {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// TestFanoutReusesConnections makes 20 requests of 50 events each over real
+// TCP and counts the connections the upstream accepted: the transport keeps
+// them for reuse instead of dialing one per call.
+func TestFanoutReusesConnections(t *testing.T) {
+	checkGoroutines(t)
+	api := newFakeEventAPI(10 * time.Millisecond)
+	api.addUser("u", 50)
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(api)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+
+	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100})
+	defer up.client.CloseIdleConnections()
+	loader := newEventLoader(up, 100, newEventCache(10, 0, nil))
+	for range 20 {
+		events, err := loader.Load(t.Context(), api.users["u"])
+		if err != nil || len(events) != 50 {
+			t.Fatalf("Load = %d events, %v", len(events), err)
+		}
+	}
+	if n := conns.Load(); n > 60 {
+		t.Errorf("1,000 lookups opened %d connections; want about 50, reused", n)
+	}
+}
