@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strings"
 	"unicode"
@@ -45,8 +46,12 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore) http.Hand
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAddEventBody))
 		if err != nil {
 			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
+			var ne net.Error
+			switch {
+			case errors.As(err, &mbe):
 				return err
+			case errors.As(err, &ne) && ne.Timeout():
+				return errorf(http.StatusRequestTimeout, "the request body arrived too slowly")
 			}
 			return errorf(http.StatusBadRequest, "could not read the request body")
 		}

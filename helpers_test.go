@@ -45,7 +45,7 @@ func (t *handlerTransport) RoundTrip(req *http.Request) (resp *http.Response, er
 }
 
 // testConfig is the default configuration, as if no variable were set.
-func testConfig(t *testing.T) config {
+func testConfig(t testing.TB) config {
 	t.Helper()
 	cfg, err := loadConfig(func(string) string { return "" })
 	if err != nil {
@@ -68,7 +68,7 @@ type testGateway struct {
 // newTestGateway returns eventgate in front of upstream, with the default
 // configuration as changed by edit (if not nil). Its breaker is closed when
 // the test ends.
-func newTestGateway(t *testing.T, upstream http.Handler, edit func(*config)) *testGateway {
+func newTestGateway(t testing.TB, upstream http.Handler, edit func(*config)) *testGateway {
 	t.Helper()
 	cfg := testConfig(t)
 	if edit != nil {
