@@ -52,11 +52,16 @@ func newEventCache(size int, ttl time.Duration, m *metrics) *eventCache {
 	}
 }
 
-// peek returns the cached event id, if it is there and fresh.
+// peek returns the cached event id, if it is there and fresh, and counts a
+// hit; a miss is counted by the Get that follows it.
 func (c *eventCache) peek(id string, now time.Time) (json.RawMessage, bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lookup(id, now)
+	body, ok := c.lookup(id, now)
+	c.mu.Unlock()
+	if ok {
+		c.metrics.cacheLookup("hit")
+	}
+	return body, ok
 }
 
 // lookup is peek with c.mu held.

@@ -23,16 +23,33 @@ type services struct {
 	ready   *atomic.Bool // false once shutdown has begun
 }
 
-// newServer returns the gateway's whole HTTP API. Every route is listed here.
+// route is one entry of the API: a ServeMux pattern and its handler.
+type route struct {
+	pattern string
+	handler http.Handler
+}
+
+// routes lists the whole API. openapi.yaml documents the same list, and a
+// test keeps the two in step.
+func routes(cfg config, s services) []route {
+	return []route{
+		{"GET /getUsers", handleList(s.up.Users)},
+		{"GET /getEvents", handleList(s.up.Events)},
+		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader)},
+		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys))},
+		{"GET /health", handleHealth(s.breaker, s.metrics)},
+		{"GET /ready", handleReady(s.ready)},
+		{"GET /metrics", s.metrics},
+	}
+}
+
+// newServer returns the gateway's whole HTTP API, wrapped in the middleware
+// every request passes through.
 func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /getUsers", handleList(s.up.Users))
-	mux.Handle("GET /getEvents", handleList(s.up.Events))
-	mux.Handle("GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader))
-	mux.Handle("POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys)))
-	mux.Handle("GET /health", handleHealth(s.breaker, s.metrics))
-	mux.Handle("GET /ready", handleReady(s.ready))
-	mux.Handle("GET /metrics", s.metrics)
+	for _, r := range routes(cfg, s) {
+		mux.Handle(r.pattern, r.handler)
+	}
 	mux.Handle("/", handleNoRoute(mux))
 	return withMiddleware(logger, cfg, s.metrics, mux)
 }
