@@ -21,6 +21,7 @@ type config struct {
 	UpstreamURL     string // empty: start the embedded mock
 	UpstreamTimeout time.Duration
 	RequestTimeout  time.Duration // a whole client request, fan-out included
+	ShutdownDrain   time.Duration // /ready answers 503 this long before the listener closes
 
 	BreakerThreshold  int
 	BreakerWindow     time.Duration
@@ -49,6 +50,7 @@ var envDefaults = []struct{ name, value string }{
 	{"UPSTREAM_URL", ""},
 	{"UPSTREAM_TIMEOUT", "2s"},
 	{"REQUEST_TIMEOUT", "10s"},
+	{"SHUTDOWN_DRAIN", "0s"},
 	{"BREAKER_THRESHOLD", "3"},
 	{"BREAKER_WINDOW", "30s"},
 	{"BREAKER_BACKOFF_MIN", "5s"},
@@ -77,6 +79,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		UpstreamURL:         p.url("UPSTREAM_URL"),
 		UpstreamTimeout:     p.duration("UPSTREAM_TIMEOUT", time.Millisecond),
 		RequestTimeout:      p.duration("REQUEST_TIMEOUT", time.Millisecond),
+		ShutdownDrain:       p.duration("SHUTDOWN_DRAIN", 0),
 		BreakerThreshold:    p.int("BREAKER_THRESHOLD", 1, 1_000_000),
 		BreakerWindow:       p.duration("BREAKER_WINDOW", time.Millisecond),
 		BreakerBackoffMin:   p.duration("BREAKER_BACKOFF_MIN", time.Millisecond),

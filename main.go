@@ -157,6 +157,13 @@ func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logge
 
 	if ready != nil {
 		ready.Store(false)
+		if cfg.ShutdownDrain > 0 {
+			// Keep serving while load balancers see /ready fail and stop
+			// sending new requests; only then close the listener.
+			logger.Info("draining: /ready answers 503", "for", cfg.ShutdownDrain)
+			t := time.NewTimer(cfg.ShutdownDrain)
+			<-t.C
+		}
 	}
 	logger.Info("shutting down: finishing in-flight requests")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout(cfg))

@@ -20,11 +20,14 @@ import (
 type logWatcher struct {
 	mu      sync.Mutex
 	buf     bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
 	started chan struct{}
 	once    sync.Once
 }
 
-func newLogWatcher() *logWatcher { return &logWatcher{started: make(chan struct{})} }
+func newLogWatcher() *logWatcher {
+	return &logWatcher{started: make(chan struct{}), changed: make(chan struct{})}
+}
 
 func (l *logWatcher) Write(p []byte) (int, error) {
 	l.mu.Lock()
@@ -33,7 +36,22 @@ func (l *logWatcher) Write(p []byte) (int, error) {
 	if strings.Contains(l.buf.String(), "listening") {
 		l.once.Do(func() { close(l.started) })
 	}
+	close(l.changed)
+	l.changed = make(chan struct{})
 	return len(p), nil
+}
+
+// waitFor blocks until the log holds s.
+func (l *logWatcher) waitFor(s string) {
+	for {
+		l.mu.Lock()
+		found, changed := strings.Contains(l.buf.String(), s), l.changed
+		l.mu.Unlock()
+		if found {
+			return
+		}
+		<-changed
+	}
 }
 
 func (l *logWatcher) String() string {
@@ -200,3 +218,32 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 }
 
 func writeFile(name, content string) error { return os.WriteFile(name, []byte(content), 0o600) }
+
+// TestReadyFailsDuringTheDrain checks that after the signal, with
+// SHUTDOWN_DRAIN set, the server still answers but /ready says 503, so a
+// load balancer stops sending traffic before the listener closes.
+func TestReadyFailsDuringTheDrain(t *testing.T) {
+	checkGoroutines(t)
+	port := freePort(t)
+	logs, stop, errc := startRun(t, map[string]string{"PORT": strconv.Itoa(port), "SHUTDOWN_DRAIN": "500ms"})
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(path string) int {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get("/ready"); code != 200 {
+		t.Errorf("GET /ready before the signal = %d; want 200", code)
+	}
+	stop()
+	logs.waitFor("draining")
+	if ready, health := get("/ready"), get("/health"); ready != 503 || health != 200 {
+		t.Errorf("during the drain: /ready %d, /health %d; want 503 and 200", ready, health)
+	}
+	if err := <-errc; err != nil {
+		t.Errorf("run = %v", err)
+	}
+}
