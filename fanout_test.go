@@ -356,7 +356,8 @@ func TestFanoutReusesConnections(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 
-	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100})
+	m := newMetrics()
+	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
 	defer up.client.CloseIdleConnections()
 	loader := newEventLoader(up, 100, newEventCache(10, 0, nil))
 	for range 20 {
@@ -367,5 +368,8 @@ func TestFanoutReusesConnections(t *testing.T) {
 	}
 	if n := conns.Load(); n > 60 {
 		t.Errorf("1,000 lookups opened %d connections; want about 50, reused", n)
+	}
+	if dialed := m.dials.Load(); dialed != uint64(conns.Load()) {
+		t.Errorf("metrics counted %d connections dialed; the upstream accepted %d", dialed, conns.Load())
 	}
 }

@@ -29,6 +29,7 @@ type metrics struct {
 	transitions map[labels]uint64     // from, to
 	state       atomic.Int32          // breakerState
 	inflight    atomic.Int64          // upstream calls in flight
+	dials       atomic.Uint64         // upstream connections opened
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -91,6 +92,12 @@ func (m *metrics) upstreamInflight(delta int64) {
 	}
 }
 
+func (m *metrics) connectionDialed() {
+	if m != nil {
+		m.dials.Add(1)
+	}
+}
+
 func (m *metrics) cacheLookup(result string) {
 	if m == nil {
 		return
@@ -136,6 +143,7 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(&b, "eventgate_breaker_state{state=%q} %d\n", s.String(), boolInt(breakerState(m.state.Load()) == s))
 	}
 	fmt.Fprintf(&b, "# HELP eventgate_upstream_inflight Upstream calls in flight.\n# TYPE eventgate_upstream_inflight gauge\neventgate_upstream_inflight %d\n", m.inflight.Load())
+	fmt.Fprintf(&b, "# HELP eventgate_upstream_connections_opened_total Upstream TCP connections dialed.\n# TYPE eventgate_upstream_connections_opened_total counter\neventgate_upstream_connections_opened_total %d\n", m.dials.Load())
 	fmt.Fprintf(&b, "# HELP go_goroutines Number of goroutines that currently exist.\n# TYPE go_goroutines gauge\ngo_goroutines %d\n", m.goroutines())
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

@@ -112,7 +112,7 @@ type upstreamOptions struct {
 
 func newUpstream(o upstreamOptions) *upstream {
 	if o.Transport == nil {
-		o.Transport = newTransport(o.MaxInflight)
+		o.Transport = newTransport(o.MaxInflight, o.Metrics)
 	}
 	return &upstream{
 		base:    strings.TrimRight(o.BaseURL, "/"),
@@ -129,11 +129,17 @@ func newUpstream(o upstreamOptions) *upstream {
 // thousand calls would close 998 connections after every round and dial
 // them again on the next: here every connection the in-flight bound allows
 // may stay idle for reuse.
-func newTransport(maxInflight int) *http.Transport {
+//
+// Every connection dialed is counted in m, so an operator can see whether
+// connections are reused (the count stays flat under steady load).
+func newTransport(maxInflight int, m *metrics) *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			m.connectionDialed()
+			return dialer.DialContext(ctx, network, addr)
+		},
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          maxInflight,
 		MaxIdleConnsPerHost:   maxInflight,
