@@ -76,39 +76,14 @@ func newTestGateway(t testing.TB, upstream http.Handler, edit func(*config)) *te
 	}
 	logger := slog.New(slog.DiscardHandler)
 	tr := &handlerTransport{h: upstream}
-	m := newMetrics()
-	br := newBreaker(breakerSettings{
-		Threshold:  cfg.BreakerThreshold,
-		Window:     cfg.BreakerWindow,
-		BackoffMin: cfg.BreakerBackoffMin,
-		BackoffMax: cfg.BreakerBackoffMax,
-		Logger:     logger,
-		OnChange:   m.breakerChanged,
-	})
-	t.Cleanup(br.Close)
-	up := newUpstream(upstreamOptions{
-		BaseURL:     "http://upstream.test",
-		Timeout:     cfg.UpstreamTimeout,
-		MaxInflight: cfg.UpstreamMaxInflight,
-		Retry:       defaultRetryPolicy(),
-		Metrics:     m,
-		Transport:   tr,
-	})
-	ready := new(atomic.Bool)
-	ready.Store(true)
-	cache := newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, m)
-	h := newServer(logger, cfg, services{
-		up:      up,
-		loader:  newEventLoader(up, cfg.FanoutLimit, cache),
-		breaker: br,
-		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
-		metrics: m,
-		ready:   ready,
-	})
-	return &testGateway{handler: h, transport: tr, breaker: br, cache: cache, metrics: m, ready: ready, cfg: cfg}
+	s := wire(cfg, logger, "http://upstream.test", tr)
+	t.Cleanup(s.breaker.Close)
+	return &testGateway{
+		handler: newServer(logger, cfg, s), transport: tr, breaker: s.breaker, cache: s.loader.cache,
+		metrics: s.metrics, ready: s.ready, cfg: cfg,
+	}
 }
 
-// quietMock is the mock with no delay, no failures and unlimited capacity.
 func quietMock() *mock.Handler { return mock.New(mock.Options{}) }
 
 // get serves GET path and returns the recorded answer.

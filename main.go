@@ -78,6 +78,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		upstreamURL = mockURL
 	}
 
+	s := wire(cfg, logger, upstreamURL, nil)
+	defer s.breaker.Close()
+	handler := newServer(logger, cfg, s)
+
+	attrs := []any{"upstream", upstreamURL, "embedded_mock", cfg.UpstreamURL == ""}
+	if cfg.APIToken == "" {
+		attrs = append(attrs, "writes", "open: API_TOKEN is not set")
+	} else {
+		attrs = append(attrs, "writes", "bearer token required")
+	}
+	return serve(ctx, newHTTPServer(cfg, handler, logger), cfg, logger, "eventgate listening", s.ready, attrs...)
+}
+
+// wire builds the gateway's parts from cfg; run and the tests share it.
+// transport nil means the tuned transport for real upstreams. The caller
+// must Close the breaker.
+func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.RoundTripper) services {
 	m := newMetrics()
 	br := newBreaker(breakerSettings{
 		Threshold:  cfg.BreakerThreshold,
@@ -87,32 +104,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Logger:     logger,
 		OnChange:   m.breakerChanged,
 	})
-	defer br.Close()
 	up := newUpstream(upstreamOptions{
 		BaseURL:     upstreamURL,
 		Timeout:     cfg.UpstreamTimeout,
 		MaxInflight: cfg.UpstreamMaxInflight,
 		Retry:       defaultRetryPolicy(),
 		Metrics:     m,
+		Transport:   transport,
 	})
 	ready := new(atomic.Bool)
 	ready.Store(true)
-	handler := newServer(logger, cfg, services{
+	return services{
 		up:      up,
 		loader:  newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, m)),
 		breaker: br,
 		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
 		metrics: m,
 		ready:   ready,
-	})
-
-	attrs := []any{"upstream", upstreamURL, "embedded_mock", cfg.UpstreamURL == ""}
-	if cfg.APIToken == "" {
-		attrs = append(attrs, "writes", "open: API_TOKEN is not set")
-	} else {
-		attrs = append(attrs, "writes", "bearer token required")
 	}
-	return serve(ctx, newHTTPServer(cfg, handler, logger), cfg, logger, "eventgate listening", ready, attrs...)
 }
 
 // newHTTPServer returns a server whose timeouts are chosen, not defaulted.
