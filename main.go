@@ -80,6 +80,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	s := wire(cfg, logger, upstreamURL, nil)
 	defer s.breaker.Close()
+	defer s.up.client.CloseIdleConnections()
 	handler := newServer(logger, cfg, s)
 
 	attrs := []any{"upstream", upstreamURL, "embedded_mock", cfg.UpstreamURL == ""}

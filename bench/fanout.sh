@@ -14,9 +14,10 @@ build
 # GET /getEvents (4 events) and a warm GET /getEventsByUserId for user 1
 # (2 events) and for user 2 after adding 98 events (100).
 start_server 3100 MOCK_ADD_CAPACITY=0
-add_events 2 98
 printf '%-34s %10s %10s %8s %12s\n' "wrk -t2 -c50 -d10s" "req/s" "p99" "errors" "conns_opened"
 for path in /getEvents /getEventsByUserId/1 /getEventsByUserId/2; do
+  # After the first two: /getEvents measured on the 4 seed events, as the Node figure was.
+  [ "$path" = /getEventsByUserId/2 ] && add_events 2 98
   latency_ms "$path" > /dev/null # warms the cache
   before=$(metric eventgate_upstream_connections_opened_total)
   out=$(wrk -t2 -c50 -d10s --latency "$BASE$path")
@@ -28,6 +29,7 @@ for path in /getEvents /getEventsByUserId/1 /getEventsByUserId/2; do
   printf '%-34s %10s %10s %8s %12s\n' "GET $path" "$rps" "$p99" "$(( ${non2xx:-0} + ${sockerr:-0} ))" "$((after - before))"
 done
 stop_server
+[ -n "$SIZES" ] || exit 0 # SIZES="" measures throughput only
 echo
 
 # Cold: the cache off, so every request looks up every event.

@@ -8,7 +8,7 @@ ROOT=$(dirname "$BENCH_DIR")
 WORK=$(mktemp -d)
 SERVER_PID=""  # the server the helpers below talk to
 ALL_PIDS=()    # every server started, stopped on exit whatever happens
-trap 'kill "${ALL_PIDS[@]}" 2> /dev/null; wait 2> /dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${ALL_PIDS[@]}" 2> /dev/null || true; wait 2> /dev/null || true; rm -rf "$WORK"' EXIT
 
 build() { (cd "$ROOT" && go build -o "$WORK/eventgate" .); }
 
