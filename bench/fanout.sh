@@ -7,7 +7,7 @@
 #   bench/fanout.sh            # RUNS=5 requests per point by default
 source "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-5}
-SIZES=${SIZES:-"1 10 100 1000 5000"}
+SIZES=${SIZES-"1 10 100 1000 5000"} # SIZES="" for throughput only
 build
 
 # Throughput first, on the default data set (as the Node figures were):
