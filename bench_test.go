@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -45,7 +44,7 @@ func BenchmarkWarmEventsByUser(b *testing.B) {
 	api.addUser("u", 1000)
 	g := newTestGateway(b, api, nil)
 	g.get("/getEventsByUserId/u")
-	req := httptestRequest("/getEventsByUserId/u")
+	req := httptest.NewRequest("GET", "/getEventsByUserId/u", nil)
 	for b.Loop() {
 		rec := httptest.NewRecorder()
 		g.handler.ServeHTTP(rec, req)
@@ -63,5 +62,3 @@ func BenchmarkParseAddEvent(b *testing.B) {
 		}
 	}
 }
-
-func httptestRequest(path string) *http.Request { return httptest.NewRequest("GET", path, nil) }
