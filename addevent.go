@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -155,7 +157,7 @@ func parseAddEvent(contentType string, body []byte) (addEventRequest, error) {
 	}
 	if len(problems) > 0 {
 		var parts []string
-		for _, k := range sortedKeys(problems) {
+		for _, k := range slices.Sorted(maps.Keys(problems)) {
 			parts = append(parts, k+" "+problems[k])
 		}
 		return addEventRequest{}, &apiError{

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -237,14 +236,4 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		body["problems"] = ae.Problems
 	}
 	encode(w, ae.Status, body)
-}
-
-// sortedKeys returns m's keys in order, for messages that list them.
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
