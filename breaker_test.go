@@ -47,6 +47,14 @@ func call(t *testing.T, b *breaker, result error) {
 	b.Done(tk, result)
 }
 
+// trip opens a closed breaker with its threshold of three upstream faults.
+func trip(t *testing.T, b *breaker) {
+	t.Helper()
+	for range 3 {
+		call(t, b, errFault)
+	}
+}
+
 func wantState(t *testing.T, b *breaker, want breakerState) {
 	t.Helper()
 	synctest.Wait() // let the probe goroutine act on what just happened
@@ -88,9 +96,7 @@ func TestBreakerIgnoresClientErrorsAndCancellations(t *testing.T) {
 func TestBreakerOpenRefusesWithRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
-		for range 3 {
-			call(t, b, errFault)
-		}
+		trip(t, b)
 		wantState(t, b, stateOpen)
 		time.Sleep(1500 * time.Millisecond)
 		_, err := b.Allow()
@@ -109,9 +115,7 @@ func TestBreakerOpenRefusesWithRetryAfter(t *testing.T) {
 func TestBreakerBackoffDoublesToTheCap(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
-		for range 3 {
-			call(t, b, errFault)
-		}
+		trip(t, b)
 		for _, wait := range []time.Duration{5, 10, 20, 40, 60, 60} {
 			wait *= time.Second
 			time.Sleep(wait - time.Millisecond)
@@ -146,9 +150,7 @@ func TestBreakerJitterStaysWithinBounds(t *testing.T) {
 func TestBreakerHalfOpenRampsUpThenCloses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
-		for range 3 {
-			call(t, b, errFault)
-		}
+		trip(t, b)
 		time.Sleep(5 * time.Second)
 		wantState(t, b, stateHalfOpen)
 
@@ -181,9 +183,7 @@ func TestBreakerIgnoresResultsFromAnEarlierGeneration(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
 		slow, _ := b.Allow()
-		for range 3 {
-			call(t, b, errFault)
-		}
+		trip(t, b)
 		time.Sleep(5 * time.Second)
 		wantState(t, b, stateHalfOpen)
 		b.Done(slow, nil) // began while closed
@@ -198,9 +198,7 @@ func TestBreakerIgnoresResultsFromAnEarlierGeneration(t *testing.T) {
 func TestBreakerProbeEndsWhenClosedAndOnShutdown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
-		for range 3 {
-			call(t, b, errFault)
-		}
+		trip(t, b)
 		done := b.done
 		time.Sleep(5 * time.Second)
 		wantState(t, b, stateHalfOpen)
@@ -214,9 +212,7 @@ func TestBreakerProbeEndsWhenClosedAndOnShutdown(t *testing.T) {
 			t.Fatal("the probe goroutine still runs after the breaker closed")
 		}
 
-		for range 3 {
-			call(t, b, errFault)
-		}
+		trip(t, b)
 		wantState(t, b, stateOpen)
 		b.Close() // returns only once the new probe has ended
 		select {

@@ -115,9 +115,9 @@ func mustUnescape(t *testing.T, p string) string {
 func startRealServer(t *testing.T, g *testGateway) string {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(g.handler)
-	real := newHTTPServer(g.cfg, g.handler, slog.New(slog.DiscardHandler))
-	srv.Config.ReadHeaderTimeout = real.ReadHeaderTimeout
-	srv.Config.MaxHeaderBytes = real.MaxHeaderBytes
+	prod := newHTTPServer(g.cfg, g.handler, slog.New(slog.DiscardHandler))
+	srv.Config.ReadHeaderTimeout = prod.ReadHeaderTimeout
+	srv.Config.MaxHeaderBytes = prod.MaxHeaderBytes
 	srv.Config.ReadTimeout = 300 * time.Millisecond
 	srv.Start()
 	t.Cleanup(srv.Close)

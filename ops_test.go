@@ -68,6 +68,7 @@ func TestMetricsAreValidExposition(t *testing.T) {
 
 		types := map[string]string{}
 		sample := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$`)
+		leLabel := regexp.MustCompile(`,?le="[^"]*"`)
 		buckets := map[string][]float64{} // series (without le) → cumulative counts
 		counts := map[string]float64{}
 		for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
@@ -98,7 +99,7 @@ func TestMetricsAreValidExposition(t *testing.T) {
 					t.Errorf("sample %q before its # TYPE", line)
 				}
 			}
-			series := family + regexp.MustCompile(`,?le="[^"]*"`).ReplaceAllString(labels, "")
+			series := family + leLabel.ReplaceAllString(labels, "")
 			switch {
 			case strings.HasSuffix(name, "_bucket"):
 				buckets[series] = append(buckets[series], value)

@@ -29,15 +29,15 @@ func defaultRetryPolicy() retryPolicy {
 // allows, and a wait still fits the ctx deadline. It returns the last result.
 func (p retryPolicy) do(ctx context.Context, call func() ([]byte, error)) ([]byte, error) {
 	p.Budget.deposit(time.Now())
+	jitter := p.Jitter
+	if jitter == nil {
+		jitter = rand.Float64
+	}
 	delay := p.BaseDelay
 	for attempt := 1; ; attempt++ {
 		body, err := call()
 		if err == nil || attempt >= p.Attempts || !retryable(err) {
 			return body, err
-		}
-		jitter := rand.Float64
-		if p.Jitter != nil {
-			jitter = p.Jitter
 		}
 		wait := delay/2 + time.Duration(jitter()*float64(delay/2))
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= wait {
