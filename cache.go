@@ -12,13 +12,20 @@ import (
 // immutable in this API (it has no update or delete), so a cached event is
 // never wrong, only possibly deleted by some future API; the TTL bounds that.
 //
+// An event is fresh for ttl after it was fetched. For another ttl after that
+// it is stale: still served at once, while one lookup in the background
+// fetches it again. So a popular event never makes a request wait for the
+// upstream when it expires; one nobody asked for in 2×ttl is fetched anew.
+//
 // It is bounded: past size entries, the least recently used is dropped. It
 // also coalesces concurrent lookups of one id into one upstream call, even
 // with the TTL at 0 (caching off).
 type eventCache struct {
 	ttl     time.Duration // 0: cache nothing
 	size    int
+	fetch   func(context.Context, string) (json.RawMessage, error)
 	metrics *metrics
+	running sync.WaitGroup // flight goroutines, waited for by Close
 
 	mu      sync.Mutex               // protects the fields below
 	items   map[string]*list.Element // id → element of lru holding a *cacheEntry
@@ -29,7 +36,7 @@ type eventCache struct {
 type cacheEntry struct {
 	id      string
 	body    json.RawMessage
-	expires time.Time
+	fetched time.Time
 }
 
 // flight is one upstream lookup that any number of callers wait for.
@@ -41,10 +48,12 @@ type flight struct {
 	cancel  context.CancelFunc // ends the lookup when the last waiter leaves
 }
 
-func newEventCache(size int, ttl time.Duration, m *metrics) *eventCache {
+// newEventCache returns a cache that looks events up with fetch.
+func newEventCache(size int, ttl time.Duration, fetch func(context.Context, string) (json.RawMessage, error), m *metrics) *eventCache {
 	return &eventCache{
 		ttl:     ttl,
 		size:    size,
+		fetch:   fetch,
 		metrics: m,
 		items:   map[string]*list.Element{},
 		lru:     list.New(),
@@ -52,53 +61,56 @@ func newEventCache(size int, ttl time.Duration, m *metrics) *eventCache {
 	}
 }
 
-// peek returns the cached event id, if it is there and fresh, and counts a
-// hit; a miss is counted by the Get that follows it.
-func (c *eventCache) peek(id string, now time.Time) (json.RawMessage, bool) {
+// peek returns the cached event id, if it is there, fresh or stale, and
+// counts it; a miss is counted by the Get that follows it. A stale event
+// starts its refresh.
+func (c *eventCache) peek(ctx context.Context, id string, now time.Time) (json.RawMessage, bool) {
 	c.mu.Lock()
-	body, ok := c.lookup(id, now)
+	body, result := c.lookup(ctx, id, now)
 	c.mu.Unlock()
-	if ok {
-		c.metrics.cacheLookup("hit")
+	if result == "" {
+		return nil, false
 	}
-	return body, ok
+	c.metrics.cacheLookup(result)
+	return body, true
 }
 
-// lookup is peek with c.mu held.
-func (c *eventCache) lookup(id string, now time.Time) (json.RawMessage, bool) {
+// lookup is peek with c.mu held, and without counting. Its result is "hit"
+// for a fresh event, "stale" for a stale one, "" if there is none.
+func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (body json.RawMessage, result string) {
 	el, ok := c.items[id]
 	if !ok {
-		return nil, false
+		return nil, ""
 	}
 	e := el.Value.(*cacheEntry)
-	if now.After(e.expires) {
-		c.lru.Remove(el)
-		delete(c.items, id)
-		return nil, false
-	}
 	c.lru.MoveToFront(el)
-	return e.body, true
+	switch age := now.Sub(e.fetched); {
+	case age <= c.ttl:
+		return e.body, "hit"
+	case age <= 2*c.ttl:
+		if _, refreshing := c.flights[id]; !refreshing {
+			c.startFlight(ctx, id)
+		}
+		return e.body, "stale"
+	}
+	c.remove(id)
+	return nil, ""
 }
 
-// Get returns event id from the cache, or calls fetch for it. Concurrent
-// callers for the same id share one fetch, which runs on its own goroutine
-// so that each caller can leave when its own ctx ends; the fetch is
-// cancelled when its last caller leaves, and ends by itself otherwise.
-func (c *eventCache) Get(ctx context.Context, id string, fetch func(context.Context, string) (json.RawMessage, error)) (json.RawMessage, error) {
+// Get returns event id from the cache, or fetches it. Concurrent callers
+// for the same id share one fetch, which runs on its own goroutine so that
+// each caller can leave when its own ctx ends; the fetch is cancelled when
+// its last caller leaves, and ends by itself otherwise.
+func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error) {
 	c.mu.Lock()
-	if body, ok := c.lookup(id, time.Now()); ok {
+	if body, result := c.lookup(ctx, id, time.Now()); result != "" {
 		c.mu.Unlock()
-		c.metrics.cacheLookup("hit")
+		c.metrics.cacheLookup(result)
 		return body, nil
 	}
 	f, joined := c.flights[id]
 	if !joined {
-		// Detached from this caller's cancellation (another caller may
-		// still want the answer), but keeping its values: the request id.
-		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight{done: make(chan struct{}), cancel: cancel}
-		c.flights[id] = f
-		go c.run(fctx, f, id, fetch)
+		f = c.startFlight(ctx, id)
 	}
 	f.waiters++
 	c.mu.Unlock()
@@ -125,20 +137,56 @@ func (c *eventCache) Get(ctx context.Context, id string, fetch func(context.Cont
 	}
 }
 
-// run performs one flight's fetch and publishes its result.
-func (c *eventCache) run(ctx context.Context, f *flight, id string, fetch func(context.Context, string) (json.RawMessage, error)) {
+// startFlight starts fetching id, with no waiter yet. c.mu must be held.
+func (c *eventCache) startFlight(ctx context.Context, id string) *flight {
+	// Detached from this caller's cancellation (another caller may still
+	// want the answer, and a refresh has no caller), but keeping its
+	// values: the request id.
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f := &flight{done: make(chan struct{}), cancel: cancel}
+	c.flights[id] = f
+	c.running.Go(func() { c.run(fctx, f, id) })
+	return f
+}
+
+// run performs one flight's fetch and publishes its result. A fetch that
+// finds the event gone drops a stale copy; one that fails otherwise leaves
+// it to be served until it is 2×ttl old.
+func (c *eventCache) run(ctx context.Context, f *flight, id string) {
 	defer f.cancel()
-	body, err := fetch(ctx, id)
+	body, err := c.fetch(ctx, id)
 	c.mu.Lock()
 	if c.flights[id] == f {
 		delete(c.flights, id)
 	}
-	if err == nil {
+	switch {
+	case err == nil:
 		c.store(id, body, time.Now())
+	case isNotFound(err):
+		c.remove(id)
 	}
 	f.body, f.err = body, err
 	c.mu.Unlock()
 	close(f.done)
+}
+
+// Close cancels the lookups in flight and returns when their goroutines
+// have ended. The cache must not be used afterwards.
+func (c *eventCache) Close() {
+	c.mu.Lock()
+	for _, f := range c.flights {
+		f.cancel()
+	}
+	c.mu.Unlock()
+	c.running.Wait()
+}
+
+// remove drops id from the cache. c.mu must be held.
+func (c *eventCache) remove(id string) {
+	if el, ok := c.items[id]; ok {
+		c.lru.Remove(el)
+		delete(c.items, id)
+	}
 }
 
 // store caches body under id, dropping the least recently used entry if the
@@ -148,11 +196,12 @@ func (c *eventCache) store(id string, body json.RawMessage, now time.Time) {
 		return
 	}
 	if el, ok := c.items[id]; ok {
-		el.Value.(*cacheEntry).expires = now.Add(c.ttl)
+		e := el.Value.(*cacheEntry)
+		e.body, e.fetched = body, now
 		c.lru.MoveToFront(el)
 		return
 	}
-	c.items[id] = c.lru.PushFront(&cacheEntry{id: id, body: body, expires: now.Add(c.ttl)})
+	c.items[id] = c.lru.PushFront(&cacheEntry{id: id, body: body, fetched: now})
 	if c.lru.Len() > c.size {
 		oldest := c.lru.Back()
 		c.lru.Remove(oldest)

@@ -34,7 +34,7 @@ func (l *eventLoader) Load(ctx context.Context, ids []string) ([]json.RawMessage
 		if _, seen := found[id]; seen {
 			continue
 		}
-		body, ok := l.cache.peek(id, now)
+		body, ok := l.cache.peek(ctx, id, now)
 		found[id] = body // nil until fetched; marks the id as seen
 		if !ok {
 			missing = append(missing, id)
@@ -80,7 +80,7 @@ func (l *eventLoader) fetchAll(ctx context.Context, ids []string) ([]json.RawMes
 				if i >= len(ids) {
 					return
 				}
-				body, err := l.cache.Get(ctx, ids[i], l.up.Event)
+				body, err := l.cache.Get(ctx, ids[i])
 				switch {
 				case isNotFound(err):
 					loggerFrom(ctx).WarnContext(ctx, "user lists an event the upstream does not have", "event_id", ids[i])

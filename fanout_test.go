@@ -263,7 +263,7 @@ func TestOneFailingLookupFailsFastAndCancelsTheRest(t *testing.T) {
 	})
 }
 
-func TestEventCacheServesRepeatsAndExpires(t *testing.T) {
+func TestEventCacheServesRepeatsRefreshesAndExpires(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		api := newFakeEventAPI(500 * time.Millisecond)
 		api.addUser("u", 30)
@@ -283,10 +283,62 @@ func TestEventCacheServesRepeatsAndExpires(t *testing.T) {
 		if ids := eventIDs(t, g.get("/getEventsByUserId/u")); len(ids) != 31 {
 			t.Errorf("after the user gained an event: %d events; want 31", len(ids))
 		}
+
+		// Past the TTL the cached events are stale: served at once while
+		// they are fetched again in the background.
 		time.Sleep(61 * time.Second)
+		start = time.Now()
+		if ids := eventIDs(t, g.get("/getEventsByUserId/u")); len(ids) != 31 {
+			t.Errorf("stale request: %d events; want 31", len(ids))
+		}
+		if took := time.Since(start); took != 0 {
+			t.Errorf("stale request took %v; want no event round", took)
+		}
+		eventIDs(t, g.get("/getEventsByUserId/u")) // while the refresh runs: no second one
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if n, _ := api.lookups(); n != 31+31 {
+			t.Errorf("%d event lookups after the TTL; want 62, all 31 refreshed once", n)
+		}
+		if text := g.get("/metrics").Body.String(); !strings.Contains(text, `eventgate_event_cache_lookups_total{result="stale"} 62`) {
+			t.Errorf("/metrics does not count 62 stale lookups (two requests of 31):\n%s", text)
+		}
+
+		// Unasked for two TTLs, they are gone: the next request waits.
+		time.Sleep(121 * time.Second)
+		start = time.Now()
 		eventIDs(t, g.get("/getEventsByUserId/u"))
-		if n, _ := api.lookups(); n != 30+1+31 {
-			t.Errorf("%d event lookups after the TTL; want 62, all 31 fetched again", n)
+		if took := time.Since(start); took != 500*time.Millisecond {
+			t.Errorf("request after 2×TTL took %v; want one event round, 500ms", took)
+		}
+		if n, _ := api.lookups(); n != 31+31+31 {
+			t.Errorf("%d event lookups after 2×TTL; want 93", n)
+		}
+	})
+}
+
+// TestStaleEventRefreshThatFails keeps serving the copy it has when the
+// refresh meets an upstream fault, and drops it when the upstream says the
+// event is gone.
+func TestStaleEventRefreshThatFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.users["u"] = []string{"broken", "deleted", "fine"}
+		g := newTestGateway(t, api, nil) // EVENT_CACHE_TTL=60s
+		eventIDs(t, g.get("/getEventsByUserId/u"))
+
+		time.Sleep(61 * time.Second)
+		api.mu.Lock()
+		api.failing["broken"] = http.StatusInternalServerError
+		api.failing["deleted"] = http.StatusNotFound
+		api.mu.Unlock()
+		if got := eventIDs(t, g.get("/getEventsByUserId/u")); fmt.Sprint(got) != "[broken deleted fine]" {
+			t.Errorf("stale request = %v; want all three, served from the cache", got)
+		}
+		time.Sleep(time.Second) // the refreshes, and the retries of the broken one
+		synctest.Wait()
+		if got := eventIDs(t, g.get("/getEventsByUserId/u")); fmt.Sprint(got) != "[broken fine]" {
+			t.Errorf("after the refresh = %v; want [broken fine]: the failed refresh keeps its copy, the deleted event is left out", got)
 		}
 	})
 }
@@ -312,19 +364,51 @@ func TestEventCacheCanBeTurnedOffAndStillCoalesces(t *testing.T) {
 }
 
 func TestEventCacheIsBounded(t *testing.T) {
-	c := newEventCache(2, time.Minute, nil)
 	fetch := func(_ context.Context, id string) (json.RawMessage, error) { return json.RawMessage(`{}`), nil }
+	c := newEventCache(2, time.Minute, fetch, nil)
+	defer c.Close()
 	for _, id := range []string{"a", "b", "a", "c"} { // "b" is least recently used when "c" arrives
-		c.Get(t.Context(), id, fetch)
+		c.Get(t.Context(), id)
 	}
-	if _, ok := c.peek("b", time.Now()); ok || c.Len() != 2 {
+	if _, ok := c.peek(t.Context(), "b", time.Now()); ok || c.Len() != 2 {
 		t.Errorf("cache holds %d entries, b present %v; want 2, b evicted", c.Len(), ok)
 	}
 	for _, id := range []string{"a", "c"} {
-		if _, ok := c.peek(id, time.Now()); !ok {
+		if _, ok := c.peek(t.Context(), id, time.Now()); !ok {
 			t.Errorf("%s evicted; want it kept", id)
 		}
 	}
+}
+
+// TestEventCacheCloseEndsItsRefreshes: a background refresh belongs to the
+// cache, and Close cancels it and waits for it.
+func TestEventCacheCloseEndsItsRefreshes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		var cancelled atomic.Bool
+		fetch := func(ctx context.Context, id string) (json.RawMessage, error) {
+			if calls.Add(1) == 1 {
+				return json.RawMessage(`{}`), nil
+			}
+			<-ctx.Done() // an upstream that never answers the refresh
+			cancelled.Store(true)
+			return nil, ctx.Err()
+		}
+		c := newEventCache(10, time.Minute, fetch, nil)
+		c.Get(t.Context(), "a")
+		time.Sleep(61 * time.Second)
+		if _, ok := c.peek(t.Context(), "a", time.Now()); !ok {
+			t.Fatal("stale event not served")
+		}
+		synctest.Wait()
+		if calls.Load() != 2 {
+			t.Fatalf("%d fetches; want 2, the second a refresh", calls.Load())
+		}
+		c.Close()
+		if !cancelled.Load() {
+			t.Error("Close returned before the refresh ended")
+		}
+	})
 }
 
 // loaderFlights lists the lookups the gateway's cache has in flight.
@@ -359,7 +443,7 @@ func TestFanoutReusesConnections(t *testing.T) {
 	m := newMetrics()
 	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(up, 100, newEventCache(10, 0, nil))
+	loader := newEventLoader(up, 100, newEventCache(10, 0, up.Event, nil))
 	for range 20 {
 		events, err := loader.Load(t.Context(), api.users["u"])
 		if err != nil || len(events) != 50 {

@@ -22,6 +22,15 @@ type services struct {
 	ready   *atomic.Bool // false once shutdown has begun
 }
 
+// Close ends the goroutines the services own (the cache's lookups, the
+// breaker's probe) and the idle upstream connections. Call it after the
+// server has stopped serving.
+func (s services) Close() {
+	s.loader.cache.Close()
+	s.breaker.Close()
+	s.up.client.CloseIdleConnections()
+}
+
 // route is one entry of the API: a ServeMux pattern and its handler.
 type route struct {
 	pattern string

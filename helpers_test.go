@@ -66,7 +66,7 @@ type testGateway struct {
 }
 
 // newTestGateway returns eventgate in front of upstream, with the default
-// configuration as changed by edit (if not nil). Its breaker is closed when
+// configuration as changed by edit (if not nil). Its goroutines end when
 // the test ends.
 func newTestGateway(t testing.TB, upstream http.Handler, edit func(*config)) *testGateway {
 	t.Helper()
@@ -77,7 +77,7 @@ func newTestGateway(t testing.TB, upstream http.Handler, edit func(*config)) *te
 	logger := slog.New(slog.DiscardHandler)
 	tr := &handlerTransport{h: upstream}
 	s := wire(cfg, logger, "http://upstream.test", tr)
-	t.Cleanup(s.breaker.Close)
+	t.Cleanup(s.Close)
 	return &testGateway{
 		handler: newServer(logger, cfg, s), transport: tr, breaker: s.breaker, cache: s.loader.cache,
 		metrics: s.metrics, ready: s.ready, cfg: cfg,

@@ -79,8 +79,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	s := wire(cfg, logger, upstreamURL, nil)
-	defer s.breaker.Close()
-	defer s.up.client.CloseIdleConnections()
+	defer s.Close()
 	handler := newServer(logger, cfg, s)
 
 	attrs := []any{"upstream", upstreamURL, "embedded_mock", cfg.UpstreamURL == ""}
@@ -94,7 +93,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // wire builds the gateway's parts from cfg; run and the tests share it.
 // transport nil means the tuned transport for real upstreams. The caller
-// must Close the breaker.
+// must Close what it returns.
 func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.RoundTripper) services {
 	m := newMetrics()
 	br := newBreaker(breakerSettings{
@@ -117,7 +116,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 	ready.Store(true)
 	return services{
 		up:      up,
-		loader:  newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, m)),
+		loader:  newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, up.Event, m)),
 		breaker: br,
 		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
 		metrics: m,

@@ -132,7 +132,7 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		[]string{"route"}, m.reqDuration)
 	writeHistograms(&b, "eventgate_upstream_request_duration_seconds", "Time of one upstream call, by call and outcome.",
 		[]string{"call", "outcome"}, m.upDuration)
-	writeCounter(&b, "eventgate_event_cache_lookups_total", "Event lookups by result: hit, miss, or coalesced into a lookup in flight.",
+	writeCounter(&b, "eventgate_event_cache_lookups_total", "Event lookups by result: hit, stale (served while it is fetched again), miss, or coalesced into a lookup in flight.",
 		[]string{"result"}, m.cache)
 	writeCounter(&b, "eventgate_breaker_transitions_total", "Circuit breaker state changes.",
 		[]string{"from", "to"}, m.transitions)
