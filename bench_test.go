@@ -24,7 +24,7 @@ func BenchmarkFanout(b *testing.B) {
 			cfg := testConfig(b)
 			up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight})
 			defer up.client.CloseIdleConnections()
-			loader := newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, 0, up.Event, nil))
+			loader := newEventLoader(up, cfg.FanoutLimit, newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}))
 			ids := api.users["u"]
 			for b.Loop() {
 				if events, err := loader.Load(b.Context(), ids); err != nil || len(events) != n {

@@ -16,16 +16,17 @@ import (
 // it is stale: still served at once, while one lookup in the background
 // fetches it again. So a popular event never makes a request wait for the
 // upstream when it expires; one nobody asked for in 2×ttl is fetched anew.
+// At most maxRefreshes such lookups run at once, as for one request's
+// fan-out: past that a stale event is served without one, and a later
+// lookup refreshes it.
 //
 // It is bounded: past size entries, the least recently used is dropped. It
 // also coalesces concurrent lookups of one id into one upstream call, even
 // with the TTL at 0 (caching off).
 type eventCache struct {
-	ttl     time.Duration // 0: cache nothing
-	size    int
-	fetch   func(context.Context, string) (json.RawMessage, error)
-	metrics *metrics
-	running sync.WaitGroup // flight goroutines, waited for by Close
+	cacheOptions
+	refreshSlots chan struct{}  // one per background refresh running
+	running      sync.WaitGroup // flight goroutines, waited for by Close
 
 	mu      sync.Mutex               // protects the fields below
 	items   map[string]*list.Element // id → element of lru holding a *cacheEntry
@@ -45,19 +46,26 @@ type flight struct {
 	body    json.RawMessage
 	err     error
 	waiters int                // callers still waiting; guarded by eventCache.mu
+	refresh bool               // holds a refresh slot; guarded by eventCache.mu
 	cancel  context.CancelFunc // ends the lookup when the last waiter leaves
 }
 
-// newEventCache returns a cache that looks events up with fetch.
-func newEventCache(size int, ttl time.Duration, fetch func(context.Context, string) (json.RawMessage, error), m *metrics) *eventCache {
+// cacheOptions configure an eventCache.
+type cacheOptions struct {
+	Fetch        func(context.Context, string) (json.RawMessage, error) // looks an event up
+	TTL          time.Duration                                          // how long an event is fresh; 0: cache nothing
+	Size         int                                                    // events cached at most
+	MaxRefreshes int                                                    // stale events refetched at once at most
+	Metrics      *metrics                                               // may be nil
+}
+
+func newEventCache(o cacheOptions) *eventCache {
 	return &eventCache{
-		ttl:     ttl,
-		size:    size,
-		fetch:   fetch,
-		metrics: m,
-		items:   map[string]*list.Element{},
-		lru:     list.New(),
-		flights: map[string]*flight{},
+		cacheOptions: o,
+		refreshSlots: make(chan struct{}, max(o.MaxRefreshes, 1)),
+		items:        map[string]*list.Element{},
+		lru:          list.New(),
+		flights:      map[string]*flight{},
 	}
 }
 
@@ -71,7 +79,7 @@ func (c *eventCache) peek(ctx context.Context, id string, now time.Time) (json.R
 	if result == "" {
 		return nil, false
 	}
-	c.metrics.cacheLookup(result)
+	c.Metrics.cacheLookup(result)
 	return body, true
 }
 
@@ -85,12 +93,10 @@ func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (body
 	e := el.Value.(*cacheEntry)
 	c.lru.MoveToFront(el)
 	switch age := now.Sub(e.fetched); {
-	case age <= c.ttl:
+	case age <= c.TTL:
 		return e.body, "hit"
-	case age <= 2*c.ttl:
-		if _, refreshing := c.flights[id]; !refreshing {
-			c.startFlight(ctx, id)
-		}
+	case age <= 2*c.TTL:
+		c.startRefresh(ctx, id)
 		return e.body, "stale"
 	}
 	c.remove(id)
@@ -105,7 +111,7 @@ func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error
 	c.mu.Lock()
 	if body, result := c.lookup(ctx, id, time.Now()); result != "" {
 		c.mu.Unlock()
-		c.metrics.cacheLookup(result)
+		c.Metrics.cacheLookup(result)
 		return body, nil
 	}
 	f, joined := c.flights[id]
@@ -115,9 +121,9 @@ func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error
 	f.waiters++
 	c.mu.Unlock()
 	if joined {
-		c.metrics.cacheLookup("coalesced")
+		c.Metrics.cacheLookup("coalesced")
 	} else {
-		c.metrics.cacheLookup("miss")
+		c.Metrics.cacheLookup("miss")
 	}
 
 	select {
@@ -137,6 +143,20 @@ func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error
 	}
 }
 
+// startRefresh fetches id again in the background, unless that is under way
+// or as many refreshes as allowed are. c.mu must be held.
+func (c *eventCache) startRefresh(ctx context.Context, id string) {
+	if _, inFlight := c.flights[id]; inFlight {
+		return
+	}
+	select {
+	case c.refreshSlots <- struct{}{}:
+	default:
+		return
+	}
+	c.startFlight(ctx, id).refresh = true
+}
+
 // startFlight starts fetching id, with no waiter yet. c.mu must be held.
 func (c *eventCache) startFlight(ctx context.Context, id string) *flight {
 	// Detached from this caller's cancellation (another caller may still
@@ -154,10 +174,13 @@ func (c *eventCache) startFlight(ctx context.Context, id string) *flight {
 // it to be served until it is 2×ttl old.
 func (c *eventCache) run(ctx context.Context, f *flight, id string) {
 	defer f.cancel()
-	body, err := c.fetch(ctx, id)
+	body, err := c.Fetch(ctx, id)
 	c.mu.Lock()
 	if c.flights[id] == f {
 		delete(c.flights, id)
+	}
+	if f.refresh {
+		<-c.refreshSlots
 	}
 	switch {
 	case err == nil:
@@ -192,7 +215,7 @@ func (c *eventCache) remove(id string) {
 // store caches body under id, dropping the least recently used entry if the
 // cache is full. c.mu must be held.
 func (c *eventCache) store(id string, body json.RawMessage, now time.Time) {
-	if c.ttl <= 0 {
+	if c.TTL <= 0 {
 		return
 	}
 	if el, ok := c.items[id]; ok {
@@ -202,7 +225,7 @@ func (c *eventCache) store(id string, body json.RawMessage, now time.Time) {
 		return
 	}
 	c.items[id] = c.lru.PushFront(&cacheEntry{id: id, body: body, fetched: now})
-	if c.lru.Len() > c.size {
+	if c.lru.Len() > c.Size {
 		oldest := c.lru.Back()
 		c.lru.Remove(oldest)
 		delete(c.items, oldest.Value.(*cacheEntry).id)

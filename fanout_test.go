@@ -365,7 +365,7 @@ func TestEventCacheCanBeTurnedOffAndStillCoalesces(t *testing.T) {
 
 func TestEventCacheIsBounded(t *testing.T) {
 	fetch := func(_ context.Context, id string) (json.RawMessage, error) { return json.RawMessage(`{}`), nil }
-	c := newEventCache(2, time.Minute, fetch, nil)
+	c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 2})
 	defer c.Close()
 	for _, id := range []string{"a", "b", "a", "c"} { // "b" is least recently used when "c" arrives
 		c.Get(t.Context(), id)
@@ -378,6 +378,34 @@ func TestEventCacheIsBounded(t *testing.T) {
 			t.Errorf("%s evicted; want it kept", id)
 		}
 	}
+}
+
+// TestStaleRefreshesAreBounded: one request over many stale events starts
+// no more background lookups than one request's fan-out may run; the rest
+// are served stale and refreshed by later requests.
+func TestStaleRefreshesAreBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(500 * time.Millisecond)
+		api.addUser("u", 30)
+		g := newTestGateway(t, api, func(c *config) { c.FanoutLimit = 10 })
+		eventIDs(t, g.get("/getEventsByUserId/u"))
+		time.Sleep(61 * time.Second)
+
+		for i, want := range []int{40, 50, 60, 60} {
+			start := time.Now()
+			if ids := eventIDs(t, g.get("/getEventsByUserId/u")); len(ids) != 30 {
+				t.Fatalf("request %d: %d events; want 30", i, len(ids))
+			}
+			if took := time.Since(start); took != 0 {
+				t.Errorf("request %d took %v; want no event round", i, took)
+			}
+			time.Sleep(time.Second)
+			synctest.Wait()
+			if n, _ := api.lookups(); n != want {
+				t.Errorf("after request %d: %d lookups; want %d, 10 more stale events refreshed while any are left", i, n, want)
+			}
+		}
+	})
 }
 
 // TestEventCacheCloseEndsItsRefreshes: a background refresh belongs to the
@@ -394,7 +422,7 @@ func TestEventCacheCloseEndsItsRefreshes(t *testing.T) {
 			cancelled.Store(true)
 			return nil, ctx.Err()
 		}
-		c := newEventCache(10, time.Minute, fetch, nil)
+		c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 10, MaxRefreshes: 10})
 		c.Get(t.Context(), "a")
 		time.Sleep(61 * time.Second)
 		if _, ok := c.peek(t.Context(), "a", time.Now()); !ok {
@@ -443,7 +471,7 @@ func TestFanoutReusesConnections(t *testing.T) {
 	m := newMetrics()
 	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(up, 100, newEventCache(10, 0, up.Event, nil))
+	loader := newEventLoader(up, 100, newEventCache(cacheOptions{Fetch: up.Event, Size: 10}))
 	for range 20 {
 		events, err := loader.Load(t.Context(), api.users["u"])
 		if err != nil || len(events) != 50 {

@@ -112,11 +112,18 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		Metrics:     m,
 		Transport:   transport,
 	})
+	cache := newEventCache(cacheOptions{
+		Fetch:        up.Event,
+		TTL:          cfg.EventCacheTTL,
+		Size:         cfg.EventCacheSize,
+		MaxRefreshes: cfg.FanoutLimit, // background work no larger than one request's
+		Metrics:      m,
+	})
 	ready := new(atomic.Bool)
 	ready.Store(true)
 	return services{
 		up:      up,
-		loader:  newEventLoader(up, cfg.FanoutLimit, newEventCache(cfg.EventCacheSize, cfg.EventCacheTTL, up.Event, m)),
+		loader:  newEventLoader(up, cfg.FanoutLimit, cache),
 		breaker: br,
 		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
 		metrics: m,
