@@ -2,9 +2,16 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"eventgate/mock"
 )
 
 // BenchmarkFanout loads N events through the real HTTP client from an
@@ -33,6 +40,98 @@ func BenchmarkFanout(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000-float64(delay.Milliseconds()), "ms-over-floor/op")
 		})
+	}
+}
+
+// BenchmarkFanoutBareClient is the reference for BenchmarkFanout: the same
+// N lookups from the same kind of upstream, made by N goroutines with a
+// plain http.Client and nothing else (no cache, bounds, retries, checks or
+// metrics). What it costs over the floor is net/http's share of the
+// gateway's figure.
+func BenchmarkFanoutBareClient(b *testing.B) {
+	const delay = 20 * time.Millisecond
+	for _, n := range []int{1, 10, 100, 1000} {
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			api := newFakeEventAPI(delay)
+			api.addUser("u", n)
+			srv := httptest.NewServer(api)
+			defer srv.Close()
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
+			defer client.CloseIdleConnections()
+			for b.Loop() {
+				getAll(b, client, srv.URL, api.users["u"])
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000-float64(delay.Milliseconds()), "ms-over-floor/op")
+		})
+	}
+}
+
+// BenchmarkMockRound is one cold round of 1,000 event lookups against the
+// default mock (500 ms per lookup) over loopback TCP, as bench/fanout.sh
+// measures it but without the gateway's HTTP front: "gateway" through the
+// event loader, "bare" with N goroutines and a plain http.Client. Each
+// iteration takes over half a second, so give it a count:
+//
+//	go test -run '^$' -bench MockRound -benchtime 11x -count 3 .
+func BenchmarkMockRound(b *testing.B) {
+	const n = 1000
+	opts := mock.DefaultOptions()
+	opts.AddCapacity = 0
+	h := mock.New(opts)
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("bench-%d", i)
+		body := fmt.Sprintf(`{"id": %q, "name": "bench", "userId": "3"}`, ids[i])
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/addEvent", strings.NewReader(body)))
+		if rec.Code != 200 {
+			b.Fatalf("adding an event to the mock: %d %s", rec.Code, rec.Body)
+		}
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	b.Run("gateway", func(b *testing.B) {
+		cfg := testConfig(b)
+		up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight})
+		defer up.client.CloseIdleConnections()
+		loader := newEventLoader(up, cfg.FanoutLimit, newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}))
+		for b.Loop() {
+			if events, err := loader.Load(b.Context(), ids); err != nil || len(events) != n {
+				b.Fatalf("Load = %d events, %v", len(events), err)
+			}
+		}
+	})
+	b.Run("bare", func(b *testing.B) {
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
+		defer client.CloseIdleConnections()
+		for b.Loop() {
+			getAll(b, client, srv.URL, ids)
+		}
+	})
+}
+
+// getAll looks up every event in ids at once, one goroutine each, with
+// nothing but client, and fails b unless all answer 200.
+func getAll(b *testing.B, client *http.Client, base string, ids []string) {
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for _, id := range ids {
+		wg.Go(func() {
+			resp, err := client.Get(base + "/getEventById/" + id)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			if _, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != 200 {
+				failed.Add(1)
+			}
+			resp.Body.Close()
+		})
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		b.Fatalf("%d of %d lookups failed", failed.Load(), len(ids))
 	}
 }
 
