@@ -12,13 +12,13 @@ import (
 // immutable in this API (it has no update or delete), so a cached event is
 // never wrong, only possibly deleted by some future API; the TTL bounds that.
 //
-// An event is fresh for ttl after it was fetched. For another ttl after that
+// An event is fresh for TTL after it was fetched. For another TTL after that
 // it is stale: still served at once, while one lookup in the background
 // fetches it again. So a popular event never makes a request wait for the
-// upstream when it expires; one nobody asked for in 2×ttl is fetched anew.
-// At most maxRefreshes such lookups run at once, as for one request's
-// fan-out: past that a stale event is served without one, and a later
-// lookup refreshes it.
+// upstream when it expires; one nobody asked for in 2×TTL is fetched anew.
+// At most MaxRefreshes such lookups run at once (the gateway allows as many
+// as one request's fan-out): past that a stale event is served without one,
+// and a later lookup refreshes it.
 //
 // It is bounded: past size entries, the least recently used is dropped. It
 // also coalesces concurrent lookups of one id into one upstream call, even
@@ -171,7 +171,7 @@ func (c *eventCache) startFlight(ctx context.Context, id string) *flight {
 
 // run performs one flight's fetch and publishes its result. A fetch that
 // finds the event gone drops a stale copy; one that fails otherwise leaves
-// it to be served until it is 2×ttl old.
+// it to be served until it is 2×TTL old.
 func (c *eventCache) run(ctx context.Context, f *flight, id string) {
 	defer f.cancel()
 	body, err := c.Fetch(ctx, id)
