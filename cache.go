@@ -32,6 +32,7 @@ type eventCache struct {
 	items   map[string]*list.Element // id → element of lru holding a *cacheEntry
 	lru     *list.List               // most recently used first
 	flights map[string]*flight       // lookups in progress
+	closed  bool                     // set by Close: no more goroutines
 }
 
 type cacheEntry struct {
@@ -114,6 +115,11 @@ func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error
 		c.Metrics.cacheLookup(result)
 		return body, nil
 	}
+	if c.closed {
+		// A request outliving the shutdown: look up on its own goroutine.
+		c.mu.Unlock()
+		return c.Fetch(ctx, id)
+	}
 	f, joined := c.flights[id]
 	if !joined {
 		f = c.startFlight(ctx, id)
@@ -146,7 +152,7 @@ func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error
 // startRefresh fetches id again in the background, unless that is under way
 // or as many refreshes as allowed are. c.mu must be held.
 func (c *eventCache) startRefresh(ctx context.Context, id string) {
-	if _, inFlight := c.flights[id]; inFlight {
+	if _, inFlight := c.flights[id]; inFlight || c.closed {
 		return
 	}
 	select {
@@ -194,9 +200,11 @@ func (c *eventCache) run(ctx context.Context, f *flight, id string) {
 }
 
 // Close cancels the lookups in flight and returns when their goroutines
-// have ended. The cache must not be used afterwards.
+// have ended. Afterwards the cache starts none: a Get looks up on its
+// caller's goroutine, and stale events are not refreshed.
 func (c *eventCache) Close() {
 	c.mu.Lock()
+	c.closed = true
 	for _, f := range c.flights {
 		f.cancel()
 	}

@@ -436,6 +436,17 @@ func TestEventCacheCloseEndsItsRefreshes(t *testing.T) {
 		if !cancelled.Load() {
 			t.Error("Close returned before the refresh ended")
 		}
+
+		// A request that outlives the shutdown is still answered, and
+		// starts nothing in the background.
+		if _, ok := c.peek(t.Context(), "a", time.Now()); !ok || calls.Load() != 2 {
+			t.Errorf("after Close: stale event served %v, %d fetches; want served, no new refresh", ok, calls.Load())
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if _, err := c.Get(ctx, "b"); err == nil || calls.Load() != 3 {
+			t.Errorf("after Close, Get(b) with its context ended = %v after %d fetches; want the caller's own fetch, cancelled", err, calls.Load())
+		}
 	})
 }
 
