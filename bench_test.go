@@ -14,71 +14,48 @@ import (
 	"eventgate/mock"
 )
 
-// BenchmarkFanout loads N events through the real HTTP client from an
-// httptest upstream that answers each after a fixed 20 ms, with the cache
-// off: every iteration is one cold fan-out. The floor is 20 ms whatever N;
-// the excess over it is the gateway's own cost.
+// BenchmarkFanout makes the lookups of a cold fan-out of N events over
+// real HTTP to an httptest upstream that answers each after a fixed 20 ms,
+// so the floor is 20 ms whatever N. "gateway" goes through the event loader
+// (cache off, bounds, retries, checks, metrics); "bare" is the reference,
+// N goroutines with a plain http.Client and nothing else: its excess over
+// the floor is net/http's share of the gateway's.
 //
 //	go test -run '^$' -bench Fanout -benchmem -count 6 .
 func BenchmarkFanout(b *testing.B) {
 	const delay = 20 * time.Millisecond
-	for _, n := range []int{1, 10, 100, 1000} {
-		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			api := newFakeEventAPI(delay)
-			api.addUser("u", n)
-			srv := httptest.NewServer(api)
-			defer srv.Close()
-			cfg := testConfig(b)
-			up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight})
-			defer up.client.CloseIdleConnections()
-			loader := newEventLoader(up, cfg.FanoutLimit, newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}))
-			ids := api.users["u"]
-			for b.Loop() {
-				if events, err := loader.Load(b.Context(), ids); err != nil || len(events) != n {
-					b.Fatalf("Load = %d events, %v", len(events), err)
-				}
-			}
-			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000-float64(delay.Milliseconds()), "ms-over-floor/op")
-		})
+	overFloor := func(b *testing.B) {
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000-float64(delay.Milliseconds()), "ms-over-floor/op")
 	}
-}
-
-// BenchmarkFanoutBareClient is the reference for BenchmarkFanout: the same
-// N lookups from the same kind of upstream, made by N goroutines with a
-// plain http.Client and nothing else (no cache, bounds, retries, checks or
-// metrics). What it costs over the floor is net/http's share of the
-// gateway's figure.
-func BenchmarkFanoutBareClient(b *testing.B) {
-	const delay = 20 * time.Millisecond
 	for _, n := range []int{1, 10, 100, 1000} {
-		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			api := newFakeEventAPI(delay)
-			api.addUser("u", n)
-			srv := httptest.NewServer(api)
-			defer srv.Close()
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
-			defer client.CloseIdleConnections()
-			for b.Loop() {
-				getAll(b, client, srv.URL, api.users["u"])
-			}
-			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000-float64(delay.Milliseconds()), "ms-over-floor/op")
+		api := newFakeEventAPI(delay)
+		api.addUser("u", n)
+		srv := httptest.NewServer(api)
+		ids := api.users["u"]
+		b.Run(fmt.Sprintf("N=%d/gateway", n), func(b *testing.B) {
+			benchLoad(b, srv.URL, ids)
+			overFloor(b)
 		})
+		b.Run(fmt.Sprintf("N=%d/bare", n), func(b *testing.B) {
+			benchGetAll(b, srv.URL, ids)
+			overFloor(b)
+		})
+		srv.Close()
 	}
 }
 
 // BenchmarkMockRound is one cold round of 1,000 event lookups against the
 // default mock (500 ms per lookup) over loopback TCP, as bench/fanout.sh
-// measures it but without the gateway's HTTP front: "gateway" through the
-// event loader, "bare" with N goroutines and a plain http.Client. Each
-// iteration takes over half a second, so give it a count:
+// measures it but without the gateway's HTTP front, "gateway" and "bare" as
+// in BenchmarkFanout. Each iteration takes over half a second, so give it a
+// count:
 //
 //	go test -run '^$' -bench MockRound -benchtime 11x -count 3 .
 func BenchmarkMockRound(b *testing.B) {
-	const n = 1000
 	opts := mock.DefaultOptions()
 	opts.AddCapacity = 0
 	h := mock.New(opts)
-	ids := make([]string, n)
+	ids := make([]string, 1000)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("bench-%d", i)
 		body := fmt.Sprintf(`{"id": %q, "name": "bench", "userId": "3"}`, ids[i])
@@ -90,25 +67,32 @@ func BenchmarkMockRound(b *testing.B) {
 	}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
+	b.Run("gateway", func(b *testing.B) { benchLoad(b, srv.URL, ids) })
+	b.Run("bare", func(b *testing.B) { benchGetAll(b, srv.URL, ids) })
+}
 
-	b.Run("gateway", func(b *testing.B) {
-		cfg := testConfig(b)
-		up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight})
-		defer up.client.CloseIdleConnections()
-		loader := newEventLoader(up, cfg.FanoutLimit, newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}))
-		for b.Loop() {
-			if events, err := loader.Load(b.Context(), ids); err != nil || len(events) != n {
-				b.Fatalf("Load = %d events, %v", len(events), err)
-			}
+// benchLoad loads ids from the upstream at base through an event loader
+// wired as the gateway wires it, with the cache off, once per iteration.
+func benchLoad(b *testing.B, base string, ids []string) {
+	cfg := testConfig(b)
+	up := newUpstream(upstreamOptions{BaseURL: base, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight})
+	defer up.client.CloseIdleConnections()
+	loader := newEventLoader(up, cfg.FanoutLimit, newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}))
+	for b.Loop() {
+		if events, err := loader.Load(b.Context(), ids); err != nil || len(events) != len(ids) {
+			b.Fatalf("Load = %d events, %v; want %d", len(events), err, len(ids))
 		}
-	})
-	b.Run("bare", func(b *testing.B) {
-		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
-		defer client.CloseIdleConnections()
-		for b.Loop() {
-			getAll(b, client, srv.URL, ids)
-		}
-	})
+	}
+}
+
+// benchGetAll looks up ids from the upstream at base with one goroutine
+// each and a plain http.Client, once per iteration.
+func benchGetAll(b *testing.B, base string, ids []string) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: len(ids)}}
+	defer client.CloseIdleConnections()
+	for b.Loop() {
+		getAll(b, client, base, ids)
+	}
 }
 
 // getAll looks up every event in ids at once, one goroutine each, with
