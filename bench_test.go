@@ -33,7 +33,7 @@ func BenchmarkFanout(b *testing.B) {
 		srv := httptest.NewServer(api)
 		ids := api.users["u"]
 		b.Run(fmt.Sprintf("N=%d/gateway", n), func(b *testing.B) {
-			benchLoad(b, srv.URL, ids)
+			benchLoad(b, srv.URL, "u", ids)
 			overFloor(b)
 		})
 		b.Run(fmt.Sprintf("N=%d/bare", n), func(b *testing.B) {
@@ -67,19 +67,20 @@ func BenchmarkMockRound(b *testing.B) {
 	}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	b.Run("gateway", func(b *testing.B) { benchLoad(b, srv.URL, ids) })
+	b.Run("gateway", func(b *testing.B) { benchLoad(b, srv.URL, "3", ids) })
 	b.Run("bare", func(b *testing.B) { benchGetAll(b, srv.URL, ids) })
 }
 
-// benchLoad loads ids from the upstream at base through an event loader
-// wired as the gateway wires it, with the cache off, once per iteration.
-func benchLoad(b *testing.B, base string, ids []string) {
+// benchLoad loads ids, events of user owner, from the upstream at base
+// through an event loader wired as the gateway wires it, with the cache
+// off, once per iteration.
+func benchLoad(b *testing.B, base, owner string, ids []string) {
 	cfg := testConfig(b)
 	up := newUpstream(upstreamOptions{BaseURL: base, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(up, cfg.FanoutLimit, newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}))
+	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}), Limit: cfg.FanoutLimit})
 	for b.Loop() {
-		if events, err := loader.Load(b.Context(), ids); err != nil || len(events) != len(ids) {
+		if events, err := loader.Load(b.Context(), owner, ids); err != nil || len(events) != len(ids) {
 			b.Fatalf("Load = %d events, %v; want %d", len(events), err, len(ids))
 		}
 	}

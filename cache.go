@@ -3,7 +3,6 @@ package main
 import (
 	"container/list"
 	"context"
-	"encoding/json"
 	"sync"
 	"time"
 )
@@ -20,8 +19,8 @@ import (
 // as one request's fan-out): past that a stale event is served without one,
 // and a later lookup refreshes it.
 //
-// It is bounded: past size entries, the least recently used is dropped. It
-// also coalesces concurrent lookups of one id into one upstream call, even
+// It is bounded in entries (Size) and in bytes (MaxBytes): past either, the
+// least recently used events are dropped. It also coalesces concurrent lookups of one id into one upstream call, even
 // with the TTL at 0 (caching off).
 type eventCache struct {
 	cacheOptions
@@ -31,20 +30,29 @@ type eventCache struct {
 	mu      sync.Mutex               // protects the fields below
 	items   map[string]*list.Element // id → element of lru holding a *cacheEntry
 	lru     *list.List               // most recently used first
+	bytes   int64                    // the cost of the entries in lru
 	flights map[string]*flight       // lookups in progress
 	closed  bool                     // set by Close: no more goroutines
 }
 
 type cacheEntry struct {
 	id      string
-	body    json.RawMessage
+	ev      event
 	fetched time.Time
+}
+
+// entryOverhead is what one entry costs besides its id and JSON: the list
+// element, the map slot and the entry itself, rounded up.
+const entryOverhead = 256
+
+func (e *cacheEntry) cost() int64 {
+	return int64(len(e.id) + len(e.ev.JSON) + len(e.ev.UserID) + entryOverhead)
 }
 
 // flight is one upstream lookup that any number of callers wait for.
 type flight struct {
-	done    chan struct{} // closed when body and err are set
-	body    json.RawMessage
+	done    chan struct{} // closed when ev and err are set
+	ev      event
 	err     error
 	waiters int                // callers still waiting; guarded by eventCache.mu
 	refresh bool               // holds a refresh slot; guarded by eventCache.mu
@@ -53,11 +61,12 @@ type flight struct {
 
 // cacheOptions configure an eventCache.
 type cacheOptions struct {
-	Fetch        func(context.Context, string) (json.RawMessage, error) // looks an event up
-	TTL          time.Duration                                          // how long an event is fresh; 0: cache nothing
-	Size         int                                                    // events cached at most
-	MaxRefreshes int                                                    // stale events refetched at once at most
-	Metrics      *metrics                                               // may be nil
+	Fetch        func(context.Context, string) (event, error) // looks an event up
+	TTL          time.Duration                                // how long an event is fresh; 0: cache nothing
+	Size         int                                          // events cached at most
+	MaxBytes     int64                                        // bytes cached at most (ids and JSON, plus entryOverhead each); 0: no bound
+	MaxRefreshes int                                          // stale events refetched at once at most
+	Metrics      *metrics                                     // may be nil
 }
 
 func newEventCache(o cacheOptions) *eventCache {
@@ -73,47 +82,47 @@ func newEventCache(o cacheOptions) *eventCache {
 // peek returns the cached event id, if it is there, fresh or stale, and
 // counts it; a miss is counted by the Get that follows it. A stale event
 // starts its refresh.
-func (c *eventCache) peek(ctx context.Context, id string, now time.Time) (json.RawMessage, bool) {
+func (c *eventCache) peek(ctx context.Context, id string, now time.Time) (event, bool) {
 	c.mu.Lock()
-	body, result := c.lookup(ctx, id, now)
+	ev, result := c.lookup(ctx, id, now)
 	c.mu.Unlock()
 	if result == "" {
-		return nil, false
+		return event{}, false
 	}
 	c.Metrics.cacheLookup(result)
-	return body, true
+	return ev, true
 }
 
 // lookup is peek with c.mu held, and without counting. Its result is "hit"
 // for a fresh event, "stale" for a stale one, "" if there is none.
-func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (body json.RawMessage, result string) {
+func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (ev event, result string) {
 	el, ok := c.items[id]
 	if !ok {
-		return nil, ""
+		return event{}, ""
 	}
 	e := el.Value.(*cacheEntry)
 	c.lru.MoveToFront(el)
 	switch age := now.Sub(e.fetched); {
 	case age <= c.TTL:
-		return e.body, "hit"
+		return e.ev, "hit"
 	case age <= 2*c.TTL:
 		c.startRefresh(ctx, id)
-		return e.body, "stale"
+		return e.ev, "stale"
 	}
 	c.remove(id)
-	return nil, ""
+	return event{}, ""
 }
 
 // Get returns event id from the cache, or fetches it. Concurrent callers
 // for the same id share one fetch, which runs on its own goroutine so that
 // each caller can leave when its own ctx ends; the fetch is cancelled when
 // its last caller leaves, and ends by itself otherwise.
-func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error) {
+func (c *eventCache) Get(ctx context.Context, id string) (event, error) {
 	c.mu.Lock()
-	if body, result := c.lookup(ctx, id, time.Now()); result != "" {
+	if ev, result := c.lookup(ctx, id, time.Now()); result != "" {
 		c.mu.Unlock()
 		c.Metrics.cacheLookup(result)
-		return body, nil
+		return ev, nil
 	}
 	if c.closed {
 		// A request outliving the shutdown: look up on its own goroutine.
@@ -134,7 +143,7 @@ func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error
 
 	select {
 	case <-f.done:
-		return f.body, f.err
+		return f.ev, f.err
 	case <-ctx.Done():
 		c.mu.Lock()
 		f.waiters--
@@ -145,7 +154,7 @@ func (c *eventCache) Get(ctx context.Context, id string) (json.RawMessage, error
 			}
 		}
 		c.mu.Unlock()
-		return nil, contextError(ctx, "getEventById", ctx.Err())
+		return event{}, contextError(ctx, "getEventById", ctx.Err())
 	}
 }
 
@@ -180,7 +189,7 @@ func (c *eventCache) startFlight(ctx context.Context, id string) *flight {
 // it to be served until it is 2×TTL old.
 func (c *eventCache) run(ctx context.Context, f *flight, id string) {
 	defer f.cancel()
-	body, err := c.Fetch(ctx, id)
+	ev, err := c.Fetch(ctx, id)
 	c.mu.Lock()
 	if c.flights[id] == f {
 		delete(c.flights, id)
@@ -190,11 +199,11 @@ func (c *eventCache) run(ctx context.Context, f *flight, id string) {
 	}
 	switch {
 	case err == nil:
-		c.store(id, body, time.Now())
+		c.store(id, ev, time.Now())
 	case isNotFound(err):
 		c.remove(id)
 	}
-	f.body, f.err = body, err
+	f.ev, f.err = ev, err
 	c.mu.Unlock()
 	close(f.done)
 }
@@ -215,34 +224,40 @@ func (c *eventCache) Close() {
 // remove drops id from the cache. c.mu must be held.
 func (c *eventCache) remove(id string) {
 	if el, ok := c.items[id]; ok {
-		c.lru.Remove(el)
-		delete(c.items, id)
+		c.drop(el)
 	}
 }
 
-// store caches body under id, dropping the least recently used entry if the
-// cache is full. c.mu must be held.
-func (c *eventCache) store(id string, body json.RawMessage, now time.Time) {
+// drop removes one entry. c.mu must be held.
+func (c *eventCache) drop(el *list.Element) {
+	e := el.Value.(*cacheEntry)
+	c.lru.Remove(el)
+	delete(c.items, e.id)
+	c.bytes -= e.cost()
+}
+
+// store caches ev under id, then drops the least recently used entries
+// while the cache is over either bound. c.mu must be held.
+func (c *eventCache) store(id string, ev event, now time.Time) {
 	if c.TTL <= 0 {
 		return
 	}
-	if el, ok := c.items[id]; ok {
-		e := el.Value.(*cacheEntry)
-		e.body, e.fetched = body, now
-		c.lru.MoveToFront(el)
-		return
+	c.remove(id)
+	e := &cacheEntry{id: id, ev: ev, fetched: now}
+	if c.MaxBytes > 0 && e.cost() > c.MaxBytes {
+		return // larger than the whole cache: it would only empty it
 	}
-	c.items[id] = c.lru.PushFront(&cacheEntry{id: id, body: body, fetched: now})
-	if c.lru.Len() > c.Size {
-		oldest := c.lru.Back()
-		c.lru.Remove(oldest)
-		delete(c.items, oldest.Value.(*cacheEntry).id)
+	c.items[id] = c.lru.PushFront(e)
+	c.bytes += e.cost()
+	for c.lru.Len() > c.Size || c.MaxBytes > 0 && c.bytes > c.MaxBytes {
+		c.drop(c.lru.Back())
 	}
 }
 
-// Len returns how many events are cached, fresh or not yet swept.
-func (c *eventCache) Len() int {
+// Len returns how many events are cached, fresh or not yet swept, and
+// what they cost in bytes.
+func (c *eventCache) Len() (entries int, bytes int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Len()
+	return c.lru.Len(), c.bytes
 }

@@ -32,6 +32,9 @@ type config struct {
 	UpstreamMaxInflight int // upstream calls in flight for the whole process
 	EventCacheTTL       time.Duration
 	EventCacheSize      int
+	EventCacheBytes     int64
+	MaxUserEvents       int   // event ids taken from one user
+	MaxResponseBytes    int64 // the events of one answer
 
 	IdempotencyTTL  time.Duration
 	IdempotencyKeys int
@@ -59,6 +62,9 @@ var envDefaults = []struct{ name, value string }{
 	{"UPSTREAM_MAX_INFLIGHT", "4000"},
 	{"EVENT_CACHE_TTL", "60s"},
 	{"EVENT_CACHE_SIZE", "100000"},
+	{"EVENT_CACHE_BYTES", "64MiB"},
+	{"MAX_USER_EVENTS", "10000"},
+	{"MAX_RESPONSE_BYTES", "32MiB"},
 	{"IDEMPOTENCY_TTL", "24h"},
 	{"IDEMPOTENCY_KEYS", "100000"},
 	{"API_TOKEN", ""},
@@ -88,6 +94,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		UpstreamMaxInflight: p.int("UPSTREAM_MAX_INFLIGHT", 1, 100_000),
 		EventCacheTTL:       p.duration("EVENT_CACHE_TTL", 0),
 		EventCacheSize:      p.int("EVENT_CACHE_SIZE", 1, 100_000_000),
+		EventCacheBytes:     p.bytes("EVENT_CACHE_BYTES", 1<<20),
+		MaxUserEvents:       p.int("MAX_USER_EVENTS", 1, 10_000_000),
+		MaxResponseBytes:    p.bytes("MAX_RESPONSE_BYTES", 64<<10),
 		IdempotencyTTL:      p.duration("IDEMPOTENCY_TTL", time.Second),
 		IdempotencyKeys:     p.int("IDEMPOTENCY_KEYS", 1, 100_000_000),
 		APIToken:            p.get("API_TOKEN"),
@@ -148,6 +157,30 @@ func (p *envParser) duration(name string, lo time.Duration) time.Duration {
 		p.fail(name, v, fmt.Sprintf("want a duration of at least %v, like 500ms or 2s", lo))
 	}
 	return d
+}
+
+// byteUnits are the suffixes bytes accepts, longest first.
+var byteUnits = []struct {
+	suffix string
+	size   int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+
+// bytes reads a size like 64MiB, 512KiB or 1048576 (bytes).
+func (p *envParser) bytes(name string, lo int64) int64 {
+	v := p.get(name)
+	for _, u := range byteUnits {
+		digits, ok := strings.CutSuffix(v, u.suffix)
+		n, err := strconv.ParseInt(strings.TrimSpace(digits), 10, 64)
+		if !ok || err != nil {
+			continue
+		}
+		if n < lo/u.size || n > (1<<50)/u.size {
+			break
+		}
+		return n * u.size
+	}
+	p.fail(name, v, fmt.Sprintf("want a size of at least %s, like 64MiB, 512KiB or a number of bytes", formatBytes(lo)))
+	return 0
 }
 
 func (p *envParser) fraction(name string) float64 {

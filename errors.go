@@ -56,6 +56,12 @@ func toAPIError(err error) *apiError {
 	if !errors.As(err, &ue) {
 		return errorf(http.StatusInternalServerError, "internal error")
 	}
+	status, message := http.StatusBadGateway, ue.Message
+	say := func(s string, args ...any) {
+		if message == "" {
+			message = fmt.Sprintf(s, args...)
+		}
+	}
 	switch ue.Kind {
 	case failUnavailable:
 		wait := ue.RetryAfter
@@ -67,19 +73,22 @@ func toAPIError(err error) *apiError {
 			Message:    fmt.Sprintf("the event service is overloaded; retry after %d seconds", retrySeconds(wait)),
 			RetryAfter: wait,
 		}
-	case failTimeout:
-		return errorf(http.StatusGatewayTimeout, "the event service did not answer in time")
-	case failNetwork:
-		return errorf(http.StatusBadGateway, "could not reach the event service")
-	case failMalformed:
-		return errorf(http.StatusBadGateway, "the event service sent an answer that could not be read")
+	case failTimeout, failDeadline:
+		status = http.StatusGatewayTimeout
+		say("the event service did not answer in time")
 	case failCanceled:
-		return errorf(statusClientClosed, "the client closed the request")
-	case failStatus:
-		return errorf(http.StatusBadGateway, "the event service failed (status %d)", ue.Status)
+		status = statusClientClosed
+		say("the client closed the request")
+	case failNetwork:
+		say("could not reach the event service")
+	case failMalformed, failTooLarge, failUnconfirmed:
+		say("the event service sent an answer that could not be read")
+	case failStatus, failRedirect:
+		say("the event service failed (status %d)", ue.Status)
 	default: // a 4xx the handler did not expect: our request, not the client's, was wrong
-		return errorf(http.StatusBadGateway, "the event service refused the request (status %d)", ue.Status)
+		say("the event service refused the request (status %d)", ue.Status)
 	}
+	return errorf(status, "%s", message)
 }
 
 // retrySeconds rounds d up to whole seconds, at least 1, for Retry-After.

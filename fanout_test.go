@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,7 +78,18 @@ func (f *fakeEventAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "{}", 404)
 		return
 	}
-	fmt.Fprintf(w, `{"id": %q}`, id)
+	fmt.Fprintf(w, `{"id": %q, "userId": %q}`, id, f.owner(id))
+}
+
+// owner returns the user that lists event id first, as the upstream's
+// events say of themselves.
+func (f *fakeEventAPI) owner(id string) string {
+	for user, ids := range f.users {
+		if slices.Contains(ids, id) {
+			return user
+		}
+	}
+	return ""
 }
 
 func (f *fakeEventAPI) lookups() (total, peak int) {
@@ -102,14 +114,17 @@ func eventIDs(t *testing.T, rec *httptest.ResponseRecorder) []string {
 	return ids
 }
 
-func TestFanoutKeepsOrderFetchesDuplicatesOnceAndSkipsGoneEvents(t *testing.T) {
+// TestFanoutKeepsOrderListsDuplicatesOnceAndSkipsGoneEvents: an event is an
+// entity, so a list naming it twice is answered with it once, at its first
+// place, and it is fetched once.
+func TestFanoutKeepsOrderListsDuplicatesOnceAndSkipsGoneEvents(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		api := newFakeEventAPI(500 * time.Millisecond)
 		api.users["u"] = []string{"e3", "e1", "gone", "e3", "e2"}
 		g := newTestGateway(t, api, nil)
 		got := strings.Join(eventIDs(t, g.get("/getEventsByUserId/u")), ",")
-		if got != "e3,e1,e3,e2" {
-			t.Errorf("events = %s; want e3,e1,e3,e2 (the gone one left out)", got)
+		if got != "e3,e1,e2" {
+			t.Errorf("events = %s; want e3,e1,e2 (the repeat and the gone one left out)", got)
 		}
 		if api.calls["e3"] != 1 || api.calls["gone"] != 1 {
 			t.Errorf("lookups %v; want each id once", api.calls)
@@ -364,14 +379,14 @@ func TestEventCacheCanBeTurnedOffAndStillCoalesces(t *testing.T) {
 }
 
 func TestEventCacheIsBounded(t *testing.T) {
-	fetch := func(_ context.Context, id string) (json.RawMessage, error) { return json.RawMessage(`{}`), nil }
+	fetch := func(_ context.Context, id string) (event, error) { return event{JSON: json.RawMessage(`{}`)}, nil }
 	c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 2})
 	defer c.Close()
 	for _, id := range []string{"a", "b", "a", "c"} { // "b" is least recently used when "c" arrives
 		c.Get(t.Context(), id)
 	}
-	if _, ok := c.peek(t.Context(), "b", time.Now()); ok || c.Len() != 2 {
-		t.Errorf("cache holds %d entries, b present %v; want 2, b evicted", c.Len(), ok)
+	if _, ok := c.peek(t.Context(), "b", time.Now()); ok || entries(c) != 2 {
+		t.Errorf("cache holds %d entries, b present %v; want 2, b evicted", entries(c), ok)
 	}
 	for _, id := range []string{"a", "c"} {
 		if _, ok := c.peek(t.Context(), id, time.Now()); !ok {
@@ -414,13 +429,13 @@ func TestEventCacheCloseEndsItsRefreshes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var calls atomic.Int32
 		var cancelled atomic.Bool
-		fetch := func(ctx context.Context, id string) (json.RawMessage, error) {
+		fetch := func(ctx context.Context, id string) (event, error) {
 			if calls.Add(1) == 1 {
-				return json.RawMessage(`{}`), nil
+				return event{JSON: json.RawMessage(`{}`)}, nil
 			}
 			<-ctx.Done() // an upstream that never answers the refresh
 			cancelled.Store(true)
-			return nil, ctx.Err()
+			return event{}, ctx.Err()
 		}
 		c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 10, MaxRefreshes: 10})
 		c.Get(t.Context(), "a")
@@ -482,9 +497,9 @@ func TestFanoutReusesConnections(t *testing.T) {
 	m := newMetrics()
 	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(up, 100, newEventCache(cacheOptions{Fetch: up.Event, Size: 10}))
+	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event, Size: 10}), Limit: 100})
 	for range 20 {
-		events, err := loader.Load(t.Context(), api.users["u"])
+		events, err := loader.Load(t.Context(), "u", api.users["u"])
 		if err != nil || len(events) != 50 {
 			t.Fatalf("Load = %d events, %v", len(events), err)
 		}
@@ -495,4 +510,10 @@ func TestFanoutReusesConnections(t *testing.T) {
 	if dialed := m.dials.Load(); dialed != uint64(conns.Load()) {
 		t.Errorf("metrics counted %d connections dialed; the upstream accepted %d", dialed, conns.Load())
 	}
+}
+
+// entries returns how many events c holds.
+func entries(c *eventCache) int {
+	n, _ := c.Len()
+	return n
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -26,7 +25,7 @@ type services struct {
 // breaker's probe) and the idle upstream connections. Call it after the
 // server has stopped serving.
 func (s services) Close() {
-	s.loader.cache.Close()
+	s.loader.Cache.Close()
 	s.breaker.Close()
 	s.up.client.CloseIdleConnections()
 }
@@ -87,7 +86,8 @@ func handleList(fetch func(context.Context) ([]byte, error)) http.Handler {
 }
 
 // handleEventsByUser answers the events of one user, in the user's order.
-// Events the user lists but the upstream no longer has are left out.
+// Events the user lists but the upstream no longer has, or that belong to
+// another user, are left out.
 func handleEventsByUser(up *upstream, loader *eventLoader) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		id := r.PathValue("id")
@@ -101,11 +101,11 @@ func handleEventsByUser(up *upstream, loader *eventLoader) http.Handler {
 		if err != nil {
 			return err
 		}
-		events, err := loader.Load(r.Context(), ids)
+		events, err := loader.Load(r.Context(), id, ids)
 		if err != nil {
 			return err
 		}
-		writeRaw(w, http.StatusOK, joinArray(events))
+		writeArray(w, events)
 		return nil
 	})
 }
@@ -186,26 +186,30 @@ func checkID(id string) string {
 	return ""
 }
 
-func isNotFound(err error) bool {
-	var ue *upstreamError
-	return errors.As(err, &ue) && ue.Kind == failNotFound
-}
-
-// joinArray writes items as one JSON array without decoding them again.
-func joinArray(items []json.RawMessage) []byte {
-	n := 2
+// writeArray answers 200 with items as one JSON array, written piece by
+// piece: neither decoded again nor copied into one more buffer as large as
+// the answer.
+func writeArray(w http.ResponseWriter, items []json.RawMessage) {
+	n := 3 // "[", "]" and the newline
 	for _, it := range items {
 		n += len(it) + 1
 	}
-	b := make([]byte, 0, n)
-	b = append(b, '[')
-	for i, it := range items {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, it...)
+	if len(items) > 0 {
+		n-- // one comma fewer than items
 	}
-	return append(b, ']')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(n))
+	w.WriteHeader(http.StatusOK)
+	sep := []byte{'['}
+	for _, it := range items {
+		w.Write(sep)
+		w.Write(it)
+		sep[0] = ','
+	}
+	if len(items) == 0 {
+		w.Write(sep)
+	}
+	w.Write([]byte("]\n"))
 }
 
 // encode writes v as the JSON answer with the given status.

@@ -79,7 +79,7 @@ func newTestGateway(t testing.TB, upstream http.Handler, edit func(*config)) *te
 	s := wire(cfg, logger, "http://upstream.test", tr)
 	t.Cleanup(s.Close)
 	return &testGateway{
-		handler: newServer(logger, cfg, s), transport: tr, breaker: s.breaker, cache: s.loader.cache,
+		handler: newServer(logger, cfg, s), transport: tr, breaker: s.breaker, cache: s.loader.Cache,
 		metrics: s.metrics, ready: s.ready, cfg: cfg,
 	}
 }

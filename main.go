@@ -105,17 +105,20 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		OnChange:   m.breakerChanged,
 	})
 	up := newUpstream(upstreamOptions{
-		BaseURL:     upstreamURL,
-		Timeout:     cfg.UpstreamTimeout,
-		MaxInflight: cfg.UpstreamMaxInflight,
-		Retry:       defaultRetryPolicy(),
-		Metrics:     m,
-		Transport:   transport,
+		BaseURL:       upstreamURL,
+		Timeout:       cfg.UpstreamTimeout,
+		MaxInflight:   cfg.UpstreamMaxInflight,
+		Retry:         defaultRetryPolicy(),
+		MaxUserEvents: cfg.MaxUserEvents,
+		MaxRetryAfter: cfg.BreakerBackoffMax,
+		Metrics:       m,
+		Transport:     transport,
 	})
 	cache := newEventCache(cacheOptions{
 		Fetch:        up.Event,
 		TTL:          cfg.EventCacheTTL,
 		Size:         cfg.EventCacheSize,
+		MaxBytes:     cfg.EventCacheBytes,
 		MaxRefreshes: cfg.FanoutLimit, // background work no larger than one request's
 		Metrics:      m,
 	})
@@ -123,7 +126,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 	ready.Store(true)
 	return services{
 		up:      up,
-		loader:  newEventLoader(up, cfg.FanoutLimit, cache),
+		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
 		breaker: br,
 		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
 		metrics: m,

@@ -30,6 +30,7 @@ type metrics struct {
 	state       atomic.Int32          // breakerState
 	inflight    atomic.Int64          // upstream calls in flight
 	dials       atomic.Uint64         // upstream connections opened
+	foreign     atomic.Uint64         // events withheld: another user's
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -98,6 +99,12 @@ func (m *metrics) connectionDialed() {
 	}
 }
 
+func (m *metrics) foreignEventWithheld() {
+	if m != nil {
+		m.foreign.Add(1)
+	}
+}
+
 func (m *metrics) cacheLookup(result string) {
 	if m == nil {
 		return
@@ -144,6 +151,7 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fmt.Fprintf(&b, "# HELP eventgate_upstream_inflight Upstream calls in flight.\n# TYPE eventgate_upstream_inflight gauge\neventgate_upstream_inflight %d\n", m.inflight.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_upstream_connections_opened_total Upstream TCP connections dialed.\n# TYPE eventgate_upstream_connections_opened_total counter\neventgate_upstream_connections_opened_total %d\n", m.dials.Load())
+	fmt.Fprintf(&b, "# HELP eventgate_foreign_events_withheld_total Events left out of an answer because the upstream says they belong to another user.\n# TYPE eventgate_foreign_events_withheld_total counter\neventgate_foreign_events_withheld_total %d\n", m.foreign.Load())
 	fmt.Fprintf(&b, "# HELP go_goroutines Number of goroutines that currently exist.\n# TYPE go_goroutines gauge\ngo_goroutines %d\n", m.goroutines())
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

@@ -15,22 +15,63 @@ import (
 	"time"
 )
 
-// maxUpstreamBody caps how much of one upstream answer is read. The largest
-// legitimate answer is GET /getEvents; 8 MiB holds tens of thousands of
-// events while keeping a hostile upstream from exhausting memory.
-const maxUpstreamBody = 8 << 20
+// The trust boundary with the Event API. The upstream is not trusted: it
+// may be misconfigured, overloaded or compromised. Every byte eventgate
+// reads from it passes one of these rules, all of them in this file:
+//
+//   - Status. 2xx: the body is read and checked (below). 404: "not found",
+//     nothing read. 3xx: a fault; redirects are never followed, Location is
+//     never read, so no request, header or body of eventgate reaches another
+//     host. 429 and 503: "unavailable", with Retry-After. Anything else
+//     (1xx, other 4xx, 5xx): a fault with its status number, body unread.
+//   - Headers. At most maxResponseHeaderBytes in all (the transport refuses
+//     more). Only Retry-After is read: whole seconds or an HTTP date, kept
+//     within [1s, MaxRetryAfter]; anything else is ignored. Content-Type is
+//     not trusted: the body must prove to be the JSON expected.
+//   - Bodies. Read under the call's deadline (a trickling answer times out)
+//     up to a cap per call, checked against Content-Length before reading:
+//     lists maxListBody, a user userBodyLimit, an event maxEventBody, a
+//     write's confirmation maxConfirmBody. Past the cap: a fault.
+//   - Shapes, checked with the strict reader of strictjson.go (no duplicate
+//     or case-variant keys, valid UTF-8, paired surrogates):
+//     a list is a JSON array; a user is an object whose "events" (absent:
+//     none) is an array of at most MaxUserEvents non-empty string ids of at
+//     most maxIDLength bytes; an event is an object whose "id" is the id
+//     asked for (its "userId" is kept, for the caller to check); a write is
+//     confirmed only by an object whose "success" is true and whose "id", if
+//     present, is the id sent. Anything else is a fault, and for a write, a
+//     failure: the client is never told an unconfirmed write succeeded.
+//   - Nothing the upstream sends reaches a client's error message or a log
+//     line unbounded: messages are eventgate's own sentences.
+
+// Caps on what one upstream call may make eventgate hold. See README.md
+// ("Bounds") for how they were chosen.
+const (
+	maxListBody            = 8 << 20   // GET /getUsers, /getEvents: passed to the client as is
+	maxEventBody           = 256 << 10 // one event; one written through eventgate is under 3 KB
+	maxConfirmBody         = 64 << 10  // POST /addEvent's answer
+	maxResponseHeaderBytes = 64 << 10  // Go's default is 10 MiB
+)
+
+// userBodyLimit caps a user's JSON: room for maxEvents ids of the longest
+// length, and a mebibyte for the rest of the user.
+func userBodyLimit(maxEvents int) int64 { return 1<<20 + int64(maxEvents)*(maxIDLength+4) }
 
 // failure classifies why an upstream call did not succeed.
 type failure int
 
 const (
 	failNotFound    failure = iota + 1 // the upstream answered 404
-	failRejected                       // the upstream answered another 4xx
-	failUnavailable                    // the upstream answered 503
-	failStatus                         // the upstream answered another 5xx (or 1xx/3xx)
-	failTimeout                        // UPSTREAM_TIMEOUT or the request deadline passed
+	failRejected                       // the upstream answered another 4xx (not 429)
+	failUnavailable                    // the upstream answered 503 or 429
+	failStatus                         // the upstream answered another 5xx, or 1xx
+	failRedirect                       // the upstream answered 3xx, which is never followed
+	failTimeout                        // UPSTREAM_TIMEOUT passed
+	failDeadline                       // the client request's own deadline passed
 	failNetwork                        // no answer: refused, reset, dropped
-	failMalformed                      // an answer that is not the JSON we expect
+	failMalformed                      // an answer that is not the JSON expected
+	failTooLarge                       // an answer past one of eventgate's bounds
+	failUnconfirmed                    // a write answered 2xx without confirming it
 	failCanceled                       // the client went away; nobody is waiting
 )
 
@@ -39,9 +80,13 @@ var failureNames = map[failure]string{
 	failRejected:    "rejected",
 	failUnavailable: "unavailable",
 	failStatus:      "bad_status",
+	failRedirect:    "redirect",
 	failTimeout:     "timeout",
+	failDeadline:    "deadline",
 	failNetwork:     "network",
 	failMalformed:   "malformed",
+	failTooLarge:    "too_large",
+	failUnconfirmed: "unconfirmed",
 	failCanceled:    "canceled",
 }
 
@@ -52,7 +97,8 @@ type upstreamError struct {
 	Op         string        // the upstream call, e.g. "getUserById"
 	Kind       failure       // why it failed
 	Status     int           // the upstream's status code, if it answered
-	RetryAfter time.Duration // the upstream's Retry-After, if it sent one
+	RetryAfter time.Duration // the upstream's Retry-After, if it sent a sane one
+	Message    string        // if set, what the client is told: eventgate's words, never the upstream's
 	Err        error         // the underlying cause, for logs only
 }
 
@@ -70,20 +116,26 @@ func (e *upstreamError) Error() string {
 
 func (e *upstreamError) Unwrap() error { return e.Err }
 
-// upstreamFault reports whether err is the upstream's fault: a 5xx, a
-// timeout, a network error or a malformed answer. A 4xx is the client's
-// fault and a cancelled call is nobody's; the circuit breaker counts only
-// faults, so that bad requests cannot shut writes off for everyone.
+// upstreamFault reports whether err is the upstream's fault: anything but a
+// 404 or other refusal of the request (the client's fault), a cancelled
+// call, or the client request's own deadline (nobody's, or the client's).
+// The circuit breaker counts only faults, so that bad or slow clients
+// cannot shut writes off for everyone.
 func upstreamFault(err error) bool {
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
 		return false
 	}
 	switch ue.Kind {
-	case failUnavailable, failStatus, failTimeout, failNetwork, failMalformed:
-		return true
+	case failNotFound, failRejected, failCanceled, failDeadline:
+		return false
 	}
-	return false
+	return true
+}
+
+func isNotFound(err error) bool {
+	var ue *upstreamError
+	return errors.As(err, &ue) && ue.Kind == failNotFound
 }
 
 // errCallTimeout is the cause recorded when one call exceeds UPSTREAM_TIMEOUT.
@@ -92,35 +144,54 @@ var errCallTimeout = errors.New("upstream call exceeded UPSTREAM_TIMEOUT")
 // upstream is the client of the external Event API: one method per call.
 // It is safe for concurrent use.
 type upstream struct {
-	base    string // the base URL without a trailing slash
-	client  *http.Client
-	timeout time.Duration // one call, UPSTREAM_TIMEOUT
-	slots   chan struct{} // process-wide bound on calls in flight
-	retry   retryPolicy   // for idempotent reads
-	metrics *metrics      // may be nil
+	base          string // the base URL without a trailing slash
+	client        *http.Client
+	timeout       time.Duration // one call, UPSTREAM_TIMEOUT
+	slots         chan struct{} // process-wide bound on calls in flight
+	retry         retryPolicy   // for idempotent reads
+	maxUserEvents int
+	maxRetryAfter time.Duration
+	metrics       *metrics // may be nil
 }
 
-// upstreamOptions configures newUpstream.
+// upstreamOptions configures newUpstream. Zero values of the optional
+// fields mean the defaults of config.go.
 type upstreamOptions struct {
-	BaseURL     string
-	Timeout     time.Duration
-	MaxInflight int
-	Retry       retryPolicy
-	Metrics     *metrics // nil records nothing
-	Transport   http.RoundTripper
+	BaseURL       string
+	Timeout       time.Duration
+	MaxInflight   int
+	Retry         retryPolicy
+	MaxUserEvents int           // event ids taken from one user; 0 means 10,000
+	MaxRetryAfter time.Duration // the longest Retry-After passed on; 0 means 60s
+	Metrics       *metrics      // nil records nothing
+	Transport     http.RoundTripper
 }
 
 func newUpstream(o upstreamOptions) *upstream {
 	if o.Transport == nil {
 		o.Transport = newTransport(o.MaxInflight, o.Metrics)
 	}
+	if o.MaxUserEvents <= 0 {
+		o.MaxUserEvents = 10_000
+	}
+	if o.MaxRetryAfter <= 0 {
+		o.MaxRetryAfter = time.Minute
+	}
 	return &upstream{
-		base:    strings.TrimRight(o.BaseURL, "/"),
-		client:  &http.Client{Transport: o.Transport},
-		timeout: o.Timeout,
-		slots:   make(chan struct{}, o.MaxInflight),
-		retry:   o.Retry,
-		metrics: o.Metrics,
+		base: strings.TrimRight(o.BaseURL, "/"),
+		client: &http.Client{
+			Transport: o.Transport,
+			// A redirect is answered as the fault it is: following it would
+			// send the request, its headers and a write's body to whatever
+			// host the upstream names, and turn a POST into a GET.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		timeout:       o.Timeout,
+		slots:         make(chan struct{}, o.MaxInflight),
+		retry:         o.Retry,
+		maxUserEvents: o.MaxUserEvents,
+		maxRetryAfter: o.MaxRetryAfter,
+		metrics:       o.Metrics,
 	}
 }
 
@@ -140,12 +211,13 @@ func newTransport(maxInflight int, m *metrics) *http.Transport {
 			m.connectionDialed()
 			return dialer.DialContext(ctx, network, addr)
 		},
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          maxInflight,
-		MaxIdleConnsPerHost:   maxInflight,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   5 * time.Second,
-		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           maxInflight,
+		MaxIdleConnsPerHost:    maxInflight,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    5 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 	}
 }
 
@@ -159,46 +231,123 @@ func (u *upstream) Events(ctx context.Context) ([]byte, error) {
 	return u.getArray(ctx, "getEvents", "/getEvents")
 }
 
-// upstreamUser is the part of an upstream user that the gateway reads.
-type upstreamUser struct {
-	Events []string `json:"events"`
-}
-
 // UserEventIDs returns the ids of the events of user id, in the user's order.
-// An unknown user is a failNotFound error.
+// An unknown user is a failNotFound error; a user listing more than
+// MaxUserEvents events is a failTooLarge error, found before any lookup.
 func (u *upstream) UserEventIDs(ctx context.Context, id string) ([]string, error) {
 	const op = "getUserById"
 	seg, err := pathSegment(op, id)
 	if err != nil {
 		return nil, err
 	}
-	body, err := u.get(ctx, op, "/getUserById/"+seg)
+	body, err := u.get(ctx, op, "/getUserById/"+seg, userBodyLimit(u.maxUserEvents))
 	if err != nil {
 		return nil, err
 	}
-	var user upstreamUser
-	if err := json.Unmarshal(body, &user); err != nil {
-		return nil, &upstreamError{Op: op, Kind: failMalformed, Err: err}
+	malformed := func(err error) error {
+		return &upstreamError{Op: op, Kind: failMalformed, Err: err,
+			Message: "the event service sent a user that is not an object with an array of event ids"}
 	}
-	return user.Events, nil
+	members, err := objectMembers(body)
+	if err != nil {
+		return nil, malformed(err)
+	}
+	list, err := field(members, "events")
+	if err != nil || list == nil {
+		return nil, err // absent: no events
+	}
+	ids, err := stringArray(list, u.maxUserEvents)
+	if errors.Is(err, errTooMany) {
+		return nil, &upstreamError{Op: op, Kind: failTooLarge, Err: err,
+			Message: fmt.Sprintf("user %q has more than %d events, more than this gateway serves (MAX_USER_EVENTS)", id, u.maxUserEvents)}
+	}
+	if err != nil {
+		return nil, malformed(err)
+	}
+	return ids, nil
 }
 
-// Event returns the JSON object of event id. An unknown event is a
-// failNotFound error.
-func (u *upstream) Event(ctx context.Context, id string) (json.RawMessage, error) {
+var errTooMany = errors.New("too many elements")
+
+// stringArray reads a JSON array of event ids (v is valid JSON), refusing
+// more than max of them, and ids that are empty or longer than maxIDLength.
+func stringArray(v json.RawMessage, max int) ([]string, error) {
+	if v[0] != '[' {
+		return nil, fmt.Errorf("events is %s, not an array", jsonKind(v[0]))
+	}
+	var ids []string
+	i := skipSpace(v, 1)
+	if v[i] == ']' {
+		return ids, nil
+	}
+	for {
+		end, err := scanValue(v, i)
+		if err != nil {
+			return nil, err
+		}
+		id, ok := jsonString(v[i:end])
+		switch {
+		case !ok || id == "" || len(id) > maxIDLength:
+			return nil, fmt.Errorf("event %d of the list is not an id of 1 to %d bytes", len(ids), maxIDLength)
+		case len(ids) == max:
+			return nil, errTooMany
+		}
+		ids = append(ids, id)
+		i = skipSpace(v, end)
+		if v[i] == ']' {
+			return ids, nil
+		}
+		i = skipSpace(v, i+1)
+	}
+}
+
+// event is an upstream event as eventgate keeps it: its JSON object as the
+// upstream sent it (checked), and the user the upstream says it belongs to.
+type event struct {
+	JSON   json.RawMessage
+	UserID string // "" if the event names none
+}
+
+// Event returns event id. An unknown event is a failNotFound error; an
+// answer that is not an object, or is another event, is failMalformed.
+func (u *upstream) Event(ctx context.Context, id string) (event, error) {
 	const op = "getEventById"
 	seg, err := pathSegment(op, id)
 	if err != nil {
-		return nil, err
+		return event{}, err
 	}
-	body, err := u.get(ctx, op, "/getEventById/"+seg)
+	body, err := u.get(ctx, op, "/getEventById/"+seg, maxEventBody)
 	if err != nil {
-		return nil, err
+		return event{}, err
 	}
-	if !isJSON(body, '{') {
-		return nil, &upstreamError{Op: op, Kind: failMalformed, Err: errors.New("not a JSON object")}
+	members, err := objectMembers(body)
+	if err != nil {
+		return event{}, &upstreamError{Op: op, Kind: failMalformed, Err: err,
+			Message: "the event service sent an event that is not a JSON object"}
 	}
-	return body, nil
+	gotID, err := field(members, "id")
+	if s, ok := jsonString(gotID); err != nil || !ok || s != id {
+		return event{}, &upstreamError{Op: op, Kind: failMalformed, Err: fmt.Errorf("asked for %q, got id %.64s", id, gotID),
+			Message: "the event service answered a lookup with another event"}
+	}
+	owner, err := field(members, "userId")
+	if err != nil {
+		return event{}, &upstreamError{Op: op, Kind: failMalformed, Err: err,
+			Message: "the event service sent an event whose owner is ambiguous"}
+	}
+	return event{JSON: bytes.TrimSpace(body), UserID: ownerID(owner)}, nil
+}
+
+// ownerID reads an event's userId: a string, or a whole number as the
+// write path accepts; anything else names nobody.
+func ownerID(v json.RawMessage) string {
+	if s, ok := jsonString(v); ok {
+		return s
+	}
+	if isDigits(v) {
+		return string(v)
+	}
+	return ""
 }
 
 // newEvent is the body of the upstream's POST /addEvent.
@@ -210,38 +359,72 @@ type newEvent struct {
 }
 
 // AddEvent stores ev upstream. It is sent once, never retried: a retry is
-// the client's decision (with an Idempotency-Key, it is safe).
+// the client's decision (with an Idempotency-Key, it is safe). It succeeds
+// only if the upstream confirms the write: a 2xx whose body is a JSON
+// object with "success": true and, if it names an id, ev's id.
 func (u *upstream) AddEvent(ctx context.Context, ev newEvent) error {
-	body, err := json.Marshal(ev)
+	const op = "addEvent"
+	payload, err := json.Marshal(ev)
 	if err != nil {
 		return err
 	}
-	_, err = u.call(ctx, "addEvent", http.MethodPost, "/addEvent", body)
-	return err
+	body, err := u.call(ctx, op, http.MethodPost, "/addEvent", payload, maxConfirmBody)
+	if err != nil {
+		return err
+	}
+	if err := checkConfirmation(body, ev.ID); err != nil {
+		return &upstreamError{Op: op, Kind: failUnconfirmed, Err: err,
+			Message: "the event service did not confirm that it stored the event"}
+	}
+	return nil
+}
+
+// checkConfirmation returns why body does not confirm the write of event id.
+func checkConfirmation(body []byte, id string) error {
+	members, err := objectMembers(body)
+	if err != nil {
+		return err
+	}
+	success, err := field(members, "success")
+	if err != nil {
+		return err
+	}
+	if string(success) != "true" {
+		return fmt.Errorf("success is %.20q, not true", success)
+	}
+	gotID, err := field(members, "id")
+	if err != nil {
+		return err
+	}
+	if s, ok := jsonString(gotID); gotID != nil && (!ok || s != id) {
+		return fmt.Errorf("confirmed id %.64s, not the one sent", gotID)
+	}
+	return nil
 }
 
 // getArray is get for the list endpoints, whose answer must be a JSON array.
 func (u *upstream) getArray(ctx context.Context, op, path string) ([]byte, error) {
-	body, err := u.get(ctx, op, path)
+	body, err := u.get(ctx, op, path, maxListBody)
 	if err != nil {
 		return nil, err
 	}
-	if !isJSON(body, '[') {
-		return nil, &upstreamError{Op: op, Kind: failMalformed, Err: errors.New("not a JSON array")}
+	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '[' || !json.Valid(t) {
+		return nil, &upstreamError{Op: op, Kind: failMalformed, Err: errors.New("not a JSON array"),
+			Message: "the event service sent a list that is not a JSON array"}
 	}
 	return body, nil
 }
 
 // get is an idempotent read, retried as u.retry allows.
-func (u *upstream) get(ctx context.Context, op, path string) ([]byte, error) {
+func (u *upstream) get(ctx context.Context, op, path string, limit int64) ([]byte, error) {
 	return u.retry.do(ctx, func() ([]byte, error) {
-		return u.call(ctx, op, http.MethodGet, path, nil)
+		return u.call(ctx, op, http.MethodGet, path, nil, limit)
 	})
 }
 
-// call makes one upstream call and returns the body of a 2xx answer.
-// Every other outcome is an *upstreamError.
-func (u *upstream) call(ctx context.Context, op, method, path string, body []byte) ([]byte, error) {
+// call makes one upstream call and returns the body of a 2xx answer, at
+// most limit bytes. Every other outcome is an *upstreamError.
+func (u *upstream) call(ctx context.Context, op, method, path string, body []byte, limit int64) ([]byte, error) {
 	select {
 	case u.slots <- struct{}{}:
 		defer func() { <-u.slots }()
@@ -252,12 +435,12 @@ func (u *upstream) call(ctx context.Context, op, method, path string, body []byt
 	defer u.metrics.upstreamInflight(-1)
 
 	start := time.Now()
-	out, err := u.roundTrip(ctx, op, method, path, body)
+	out, err := u.roundTrip(ctx, op, method, path, body, limit)
 	u.metrics.observeUpstream(op, outcome(err), time.Since(start))
 	return out, err
 }
 
-func (u *upstream) roundTrip(parent context.Context, op, method, path string, body []byte) ([]byte, error) {
+func (u *upstream) roundTrip(parent context.Context, op, method, path string, body []byte, limit int64) ([]byte, error) {
 	ctx, cancel := context.WithTimeoutCause(parent, u.timeout, errCallTimeout)
 	defer cancel()
 
@@ -278,38 +461,70 @@ func (u *upstream) roundTrip(parent context.Context, op, method, path string, bo
 		return nil, contextError(ctx, op, err)
 	}
 	defer resp.Body.Close()
-	// The body is read under the same deadline, so an upstream that
-	// trickles its answer one byte at a time still times out.
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
+
+	s := resp.StatusCode
+	if s < 200 || s > 299 {
+		// Drain a little, so a short error answer leaves the connection
+		// reusable; the rest of the body is never read.
+		io.CopyN(io.Discard, resp.Body, 4<<10)
+	}
+	switch {
+	case s >= 200 && s <= 299:
+		return readBody(ctx, op, resp, limit)
+	case s == http.StatusNotFound:
+		return nil, &upstreamError{Op: op, Kind: failNotFound, Status: s}
+	case s == http.StatusServiceUnavailable || s == http.StatusTooManyRequests:
+		return nil, &upstreamError{Op: op, Kind: failUnavailable, Status: s,
+			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now(), u.maxRetryAfter)}
+	case s >= 300 && s <= 399:
+		return nil, &upstreamError{Op: op, Kind: failRedirect, Status: s,
+			Message: fmt.Sprintf("the event service answered with a redirect (status %d), which this gateway does not follow", s)}
+	case s >= 400 && s <= 499:
+		return nil, &upstreamError{Op: op, Kind: failRejected, Status: s}
+	}
+	return nil, &upstreamError{Op: op, Kind: failStatus, Status: s}
+}
+
+// readBody reads a 2xx answer's body, at most limit bytes, under ctx (the
+// call's deadline). A body the upstream declares too large is refused
+// before it is read; one of declared length gets exactly that buffer, so
+// what the cache keeps is what it counts.
+func readBody(ctx context.Context, op string, resp *http.Response, limit int64) ([]byte, error) {
+	tooLarge := &upstreamError{Op: op, Kind: failTooLarge, Status: resp.StatusCode,
+		Err:     fmt.Errorf("answer larger than %d bytes", limit),
+		Message: fmt.Sprintf("the event service sent an answer larger than this gateway accepts (%s)", formatBytes(limit))}
+	if resp.ContentLength > limit {
+		return nil, tooLarge
+	}
+	var data []byte
+	var err error
+	if resp.ContentLength >= 0 {
+		data = make([]byte, resp.ContentLength)
+		_, err = io.ReadFull(resp.Body, data)
+	} else {
+		data, err = io.ReadAll(io.LimitReader(resp.Body, limit+1))
+		if int64(len(data)) > limit {
+			return nil, tooLarge
+		}
+		if cap(data)-len(data) > len(data)/4 {
+			data = bytes.Clone(data) // ReadAll grows by doubling
+		}
+	}
 	if err != nil {
 		return nil, contextError(ctx, op, err)
 	}
-	if len(data) > maxUpstreamBody {
-		return nil, &upstreamError{Op: op, Kind: failMalformed, Status: resp.StatusCode,
-			Err: fmt.Errorf("answer larger than %d bytes", maxUpstreamBody)}
-	}
-
-	switch s := resp.StatusCode; {
-	case s >= 200 && s < 300:
-		return data, nil
-	case s == http.StatusNotFound:
-		return nil, &upstreamError{Op: op, Kind: failNotFound, Status: s}
-	case s == http.StatusServiceUnavailable:
-		return nil, &upstreamError{Op: op, Kind: failUnavailable, Status: s,
-			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"))}
-	case s >= 400 && s < 500:
-		return nil, &upstreamError{Op: op, Kind: failRejected, Status: s}
-	default:
-		return nil, &upstreamError{Op: op, Kind: failStatus, Status: s}
-	}
+	return data, nil
 }
 
-// contextError classifies err from a call made under ctx: a timeout if a
-// deadline passed, cancelled if the caller went away, else a network error.
+// contextError classifies err from a call made under ctx: a timeout if
+// UPSTREAM_TIMEOUT passed, the request's deadline if that passed first,
+// cancelled if the caller went away, else a network error.
 func contextError(ctx context.Context, op string, err error) error {
 	switch cause := context.Cause(ctx); {
-	case errors.Is(cause, errCallTimeout) || errors.Is(cause, context.DeadlineExceeded):
+	case errors.Is(cause, errCallTimeout):
 		return &upstreamError{Op: op, Kind: failTimeout, Err: cause}
+	case errors.Is(cause, context.DeadlineExceeded):
+		return &upstreamError{Op: op, Kind: failDeadline, Err: cause}
 	case cause != nil:
 		return &upstreamError{Op: op, Kind: failCanceled, Err: cause}
 	}
@@ -322,26 +537,30 @@ func contextError(ctx context.Context, op string, err error) error {
 // would let an id reach another upstream path.
 func pathSegment(op, id string) (string, error) {
 	if id == "" || id == "." || id == ".." {
-		return "", &upstreamError{Op: op, Kind: failMalformed, Err: fmt.Errorf("unusable id %q", id)}
+		return "", &upstreamError{Op: op, Kind: failMalformed, Err: fmt.Errorf("unusable id %q", id),
+			Message: "the event service listed an id that cannot be looked up"}
 	}
 	return url.PathEscape(id), nil
 }
 
-// isJSON reports whether b is valid JSON whose first token starts with open
-// ('[' for an array, '{' for an object).
-func isJSON(b []byte, open byte) bool {
-	t := bytes.TrimLeft(b, " \t\r\n")
-	return len(t) > 0 && t[0] == open && json.Valid(t)
-}
-
-// parseRetryAfter reads a Retry-After header given in seconds; anything
-// else (absent, a date, garbage) is zero.
-func parseRetryAfter(v string) time.Duration {
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil || n < 0 {
+// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP
+// date, as of now. A value it can read is kept within [1s, ceiling], so
+// that neither a past date nor an absurd number reaches a client; anything
+// else (absent, garbage) is zero.
+func parseRetryAfter(v string, now time.Time, ceiling time.Duration) time.Duration {
+	v = strings.TrimSpace(v)
+	var d time.Duration
+	if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+		if n > uint64(ceiling/time.Second) {
+			return ceiling // checked before multiplying: 2^63 ns is only 292 years
+		}
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	} else {
 		return 0
 	}
-	return time.Duration(n) * time.Second
+	return min(ceiling, max(d, time.Second))
 }
 
 // outcome names the result of a call for metrics: "ok" or the failure kind.
@@ -354,4 +573,15 @@ func outcome(err error) string {
 		return ue.Kind.String()
 	}
 	return "error"
+}
+
+// formatBytes writes n as KiB or MiB when it is a whole number of them.
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }

@@ -52,8 +52,8 @@ func TestUpstreamFaultsOverTCP(t *testing.T) {
 		{"HTML", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, "<!doctype html><h1>Welcome to nginx</h1>")
-		}, 502, "could not be read"},
-		{"truncated JSON", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `[{"id": "event-1", "na`) }, 502, "could not be read"},
+		}, 502, "not a JSON array"},
+		{"truncated JSON", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `[{"id": "event-1", "na`) }, 502, "not a JSON array"},
 		{"50 MB body", func(w http.ResponseWriter, r *http.Request) {
 			chunk := []byte("[" + strings.Repeat(`{"id": "x"},`, 1<<16))
 			for written := 0; written < 50<<20; written += len(chunk) {
@@ -61,7 +61,7 @@ func TestUpstreamFaultsOverTCP(t *testing.T) {
 					return
 				}
 			}
-		}, 502, "could not be read"},
+		}, 502, "larger than this gateway accepts (8 MiB)"},
 		{"500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "panic: nil map", 500) }, 502, "status 500"},
 		{"502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", 502) }, 502, "status 502"},
 		{"503", func(w http.ResponseWriter, r *http.Request) {
@@ -224,10 +224,12 @@ func TestUpstreamErrorsAreClassified(t *testing.T) {
 	}{
 		{404, failNotFound, false},
 		{400, failRejected, false},
-		{429, failRejected, false},
+		{409, failRejected, false},
+		{429, failUnavailable, true},
 		{503, failUnavailable, true},
 		{500, failStatus, true},
-		{302, failStatus, true},
+		{302, failRedirect, true},
+		{307, failRedirect, true},
 	}
 	for _, tt := range tests {
 		synctest.Test(t, func(t *testing.T) {
