@@ -395,6 +395,33 @@ func TestEventCacheIsBounded(t *testing.T) {
 	}
 }
 
+// TestEventCacheIsBoundedInBytes fills a cache whose byte bound holds three
+// 1 KB events: the fourth pushes out the least recently used, whatever the
+// entry count allows, and an event larger than the whole cache is not kept.
+func TestEventCacheIsBoundedInBytes(t *testing.T) {
+	sizes := map[string]int{"a": 1000, "b": 1000, "c": 1000, "d": 1000, "huge": 10_000}
+	fetch := func(_ context.Context, id string) (event, error) {
+		return event{JSON: json.RawMessage(`"` + strings.Repeat("x", sizes[id]-2) + `"`)}, nil
+	}
+	c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 1000, MaxBytes: 3 * (1000 + 1 + entryOverhead)})
+	defer c.Close()
+	for _, id := range []string{"a", "b", "c", "a", "d"} { // "b" is least recently used when "d" arrives
+		c.Get(t.Context(), id)
+	}
+	for id, want := range map[string]bool{"a": true, "b": false, "c": true, "d": true} {
+		if _, ok := c.peek(t.Context(), id, time.Now()); ok != want {
+			t.Errorf("%s cached: %v; want %v", id, ok, want)
+		}
+	}
+	c.Get(t.Context(), "huge")
+	if _, ok := c.peek(t.Context(), "huge", time.Now()); ok || entries(c) != 3 {
+		t.Errorf("an event larger than the cache: kept %v, %d entries; want not kept, the 3 others untouched", ok, entries(c))
+	}
+	if _, bytes := c.Len(); bytes != 3*(1000+1+entryOverhead) {
+		t.Errorf("cache counts %d bytes; want %d", bytes, 3*(1000+1+entryOverhead))
+	}
+}
+
 // TestStaleRefreshesAreBounded: one request over many stale events starts
 // no more background lookups than one request's fan-out may run; the rest
 // are served stale and refreshed by later requests.

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,6 +64,7 @@ type testGateway struct {
 	metrics   *metrics
 	ready     *atomic.Bool
 	cfg       config
+	close     func() // ends the gateway's goroutines and idle connections; also done at cleanup
 }
 
 // newTestGateway returns eventgate in front of upstream, with the default
@@ -70,17 +72,27 @@ type testGateway struct {
 // the test ends.
 func newTestGateway(t testing.TB, upstream http.Handler, edit func(*config)) *testGateway {
 	t.Helper()
+	tr := &handlerTransport{h: upstream}
+	g := newGatewayAt(t, "http://upstream.test", tr, edit)
+	g.transport = tr
+	return g
+}
+
+// newGatewayAt returns eventgate in front of the upstream at baseURL,
+// reached through transport (nil: the production transport, over TCP).
+func newGatewayAt(t testing.TB, baseURL string, transport http.RoundTripper, edit func(*config)) *testGateway {
+	t.Helper()
 	cfg := testConfig(t)
 	if edit != nil {
 		edit(&cfg)
 	}
 	logger := slog.New(slog.DiscardHandler)
-	tr := &handlerTransport{h: upstream}
-	s := wire(cfg, logger, "http://upstream.test", tr)
-	t.Cleanup(s.Close)
+	s := wire(cfg, logger, baseURL, transport)
+	closeOnce := sync.OnceFunc(s.Close)
+	t.Cleanup(closeOnce)
 	return &testGateway{
-		handler: newServer(logger, cfg, s), transport: tr, breaker: s.breaker, cache: s.loader.Cache,
-		metrics: s.metrics, ready: s.ready, cfg: cfg,
+		handler: newServer(logger, cfg, s), breaker: s.breaker, cache: s.loader.Cache,
+		metrics: s.metrics, ready: s.ready, cfg: cfg, close: closeOnce,
 	}
 }
 

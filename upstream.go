@@ -253,8 +253,11 @@ func (u *upstream) UserEventIDs(ctx context.Context, id string) ([]string, error
 		return nil, malformed(err)
 	}
 	list, err := field(members, "events")
-	if err != nil || list == nil {
-		return nil, err // absent: no events
+	if err != nil {
+		return nil, malformed(err)
+	}
+	if list == nil {
+		return nil, nil // absent: no events
 	}
 	ids, err := stringArray(list, u.maxUserEvents)
 	if errors.Is(err, errTooMany) {

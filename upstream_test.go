@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -245,4 +246,261 @@ func TestUpstreamErrorsAreClassified(t *testing.T) {
 	if upstreamFault(fmt.Errorf("wrapped: %w", &upstreamError{Kind: failCanceled})) {
 		t.Error("a cancelled call counted as an upstream fault")
 	}
+}
+
+// upstreamAttack is one way a hostile Event API answers: routes replaces
+// some of the mock's routes; the client sends method path body and must get
+// status want with an error containing message ("" for a success, whose
+// body check looks at).
+type upstreamAttack struct {
+	name         string
+	routes       map[string]http.HandlerFunc
+	edit         func(*config)
+	method, path string
+	want         int
+	message      string
+	check        func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway)
+}
+
+// answer serves status with body and the header pairs given.
+func answer(status int, body string, header ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i+1 < len(header); i += 2 {
+			w.Header().Set(header[i], header[i+1])
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}
+}
+
+// userWith answers a user whose events are the JSON list given.
+func userWith(events string) http.HandlerFunc {
+	return answer(200, `{"id": "1", "userName": "alice", "events": `+events+`}`)
+}
+
+// idList returns a JSON array of n event ids made by id(i).
+func idList(n int, id func(int) string) string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = strconv.Quote(id(i))
+	}
+	return "[" + strings.Join(ids, ",") + "]"
+}
+
+// TestHostileUpstream attacks the gateway from the upstream's side, over
+// real TCP: each attack is answered as the trust boundary says, the gateway
+// stays up, nothing reaches a second host the upstream points to, and no
+// write the upstream did not confirm is acknowledged.
+func TestHostileUpstream(t *testing.T) {
+	var strayCalls atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		strayCalls.Add(1)
+		io.WriteString(w, `[{"id": "event-9", "userId": "1"}]`)
+	}))
+	defer other.Close()
+	redirect := func(code int) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, other.URL+r.URL.Path, code)
+		}
+	}
+	bigEvent := func(chunked bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			body := `{"id": "event-1", "userId": "1", "details": "` + strings.Repeat("x", 8<<20) + `"}`
+			if !chunked {
+				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			} else {
+				w.Write([]byte(body[:10]))
+				w.(http.Flusher).Flush()
+				body = body[10:]
+			}
+			io.WriteString(w, body)
+		}
+	}
+	eventOf := func(user string, size int) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, `{"id": %q, "userId": %q, "details": %q}`, r.PathValue("id"), user, strings.Repeat("x", size))
+		}
+	}
+	const add = `{"name": "x", "userId": "1"}`
+	noLookups := func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+		if n := upstreamCalls(g, "getEventById"); n != 0 {
+			t.Errorf("%d event lookups were made; want none", n)
+		}
+	}
+	eventsAre := func(want string) func(*testing.T, *httptest.ResponseRecorder, *testGateway) {
+		return func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+			if got := strings.Join(eventIDs(t, rec), ","); got != want {
+				t.Errorf("events %q; want %q", got, want)
+			}
+		}
+	}
+	retryAfter := func(lo, hi int) func(*testing.T, *httptest.ResponseRecorder, *testGateway) {
+		return func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+			if n, err := strconv.Atoi(rec.Header().Get("Retry-After")); err != nil || n < lo || n > hi {
+				t.Errorf("Retry-After %q; want %d to %d seconds", rec.Header().Get("Retry-After"), lo, hi)
+			}
+		}
+	}
+
+	attacks := []upstreamAttack{
+		// Memory: counts and bytes.
+		{name: "one id listed 1,000,000 times", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(idList(1_000_000, func(int) string { return "e" }))},
+			path: "/getEventsByUserId/1", want: 502, message: "larger than this gateway accepts", check: noLookups},
+		{name: "one id listed 5,000 times", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(idList(5000, func(int) string { return "event-1" }))},
+			path: "/getEventsByUserId/1", want: 200, check: eventsAre("event-1")},
+		{name: "500,000 ids", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(idList(500_000, func(i int) string { return "e" + strconv.Itoa(i) }))},
+			path: "/getEventsByUserId/1", want: 502, message: "larger than this gateway accepts", check: noLookups},
+		{name: "one id more than MAX_USER_EVENTS", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(idList(10_001, func(i int) string { return "e" + strconv.Itoa(i) }))},
+			path: "/getEventsByUserId/1", want: 502, message: `user "1" has more than 10000 events`, check: noLookups},
+		{name: "an 8 MB event", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": bigEvent(false)},
+			path: "/getEventsByUserId/1", want: 502, message: "larger than this gateway accepts (256 KiB)"},
+		{name: "an 8 MB event, chunked", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": bigEvent(true)},
+			path: "/getEventsByUserId/1", want: 502, message: "larger than this gateway accepts (256 KiB)"},
+		{name: "events past MAX_RESPONSE_BYTES", edit: func(c *config) { c.MaxResponseBytes = 1 << 20 },
+			routes: map[string]http.HandlerFunc{
+				"GET /getUserById/{id}":  userWith(idList(10, func(i int) string { return "e" + strconv.Itoa(i) })),
+				"GET /getEventById/{id}": eventOf("1", 200<<10),
+			},
+			path: "/getEventsByUserId/1", want: 502, message: "add up to more than 1 MiB"},
+		{name: "9 MB of headers", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `{}`, "X-Junk", strings.Repeat("j", 9<<20))},
+			path: "/getEventsByUserId/1", want: 502, message: "could not reach"},
+
+		// Writes the upstream did not confirm.
+		{name: "write answered with HTML", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, "<html>ok</html>", "Content-Type", "text/html")},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+		{name: "write answered success false", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"success": false}`)},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+		{name: "write answered success as a string", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"success": "true"}`)},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+		{name: "write answered Success in another case", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"Success": true}`)},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+		{name: "write answered success twice", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"success": false, "success": true}`)},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+		{name: "write confirmed for another id", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"success": true, "id": "event-1"}`)},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+		{name: "write answered 204", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(204, ``)},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+		{name: "write redirected with 302", routes: map[string]http.HandlerFunc{"POST /addEvent": redirect(302)},
+			method: "POST", path: "/addEvent", want: 502, message: "redirect (status 302)"},
+		{name: "write redirected with 307", routes: map[string]http.HandlerFunc{"POST /addEvent": redirect(307)},
+			method: "POST", path: "/addEvent", want: 502, message: "redirect (status 307)"},
+		{name: "write confirmed", method: "POST", path: "/addEvent", want: 200},
+
+		// Redirects on reads.
+		{name: "list redirected", routes: map[string]http.HandlerFunc{"GET /getUsers": redirect(302)},
+			path: "/getUsers", want: 502, message: "redirect (status 302)"},
+		{name: "user redirected", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": redirect(301)},
+			path: "/getEventsByUserId/1", want: 502, message: "redirect (status 301)"},
+		{name: "event redirected", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": redirect(308)},
+			path: "/getEventsByUserId/1", want: 502, message: "redirect (status 308)"},
+
+		// Shapes.
+		{name: "user is null", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": answer(200, `null`)},
+			path: "/getEventsByUserId/1", want: 502, message: "not an object"},
+		{name: "user's events is a string", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(`"event-1"`)},
+			path: "/getEventsByUserId/1", want: 502, message: "not an object with an array of event ids"},
+		{name: "user's events holds a number", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(`["event-1", 3]`)},
+			path: "/getEventsByUserId/1", want: 502, message: "not an object with an array of event ids"},
+		{name: "user's events holds null", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(`[null]`)},
+			path: "/getEventsByUserId/1", want: 502, message: "not an object with an array of event ids"},
+		{name: "user has Events and events", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": answer(200, `{"events": [], "Events": ["event-2"]}`)},
+			path: "/getEventsByUserId/1", want: 502, message: "not an object with an array of event ids"},
+		{name: "user without events", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": answer(200, `{"id": "1"}`)},
+			path: "/getEventsByUserId/1", want: 200, check: eventsAre("")},
+		{name: "event is null", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `null`)},
+			path: "/getEventsByUserId/1", want: 502, message: "not a JSON object"},
+		{name: "event is another event", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `{"id": "event-2", "userId": "1"}`)},
+			path: "/getEventsByUserId/1", want: 502, message: "another event"},
+		{name: "event names its owner twice", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `{"id": "event-1", "userId": "1", "userId": "2"}`)},
+			path: "/getEventsByUserId/1", want: 502, message: "not a JSON object"},
+		{name: "event of another user", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(`["event-1", "event-2", "event-3"]`)},
+			path: "/getEventsByUserId/1", want: 200, check: func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+				eventsAre("event-1,event-3")(t, rec, g)
+				if text := g.get("/metrics").Body.String(); !strings.Contains(text, "eventgate_foreign_events_withheld_total 1\n") {
+					t.Error("/metrics does not count the withheld event")
+				}
+			}},
+		{name: "event naming no owner", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": eventOf("", 0)},
+			path: "/getEventsByUserId/1", want: 200, check: eventsAre("")},
+
+		// Retry-After.
+		{name: "429 without Retry-After", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(429, ``)},
+			path: "/getUsers", want: 503, message: "retry after 5 seconds", check: retryAfter(5, 5)},
+		{name: "Retry-After of 292 years", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "9223372036")},
+			path: "/getUsers", want: 503, message: "retry after 60 seconds", check: retryAfter(60, 60)},
+		{name: "Retry-After that wraps around 2^64 nanoseconds", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "18446744074")},
+			path: "/getUsers", want: 503, check: retryAfter(60, 60)},
+		{name: "Retry-After as a date", routes: map[string]http.HandlerFunc{"GET /getUsers": func(w http.ResponseWriter, r *http.Request) {
+			answer(503, ``, "Retry-After", time.Now().Add(30*time.Second).UTC().Format(http.TimeFormat))(w, r)
+		}}, path: "/getUsers", want: 503, check: retryAfter(29, 30)},
+		{name: "Retry-After in the past", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "Mon, 02 Jan 2006 15:04:05 GMT")},
+			path: "/getUsers", want: 503, check: retryAfter(1, 1)},
+		{name: "Retry-After of 0", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "0")},
+			path: "/getUsers", want: 503, check: retryAfter(1, 1)},
+		{name: "429 on a write", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(429, ``, "Retry-After", "7")},
+			method: "POST", path: "/addEvent", want: 503, message: "retry after 7 seconds", check: func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+				if n := g.breaker.Snapshot().FailuresInWindow; n != 1 {
+					t.Errorf("breaker counted %d faults; want the 429 as one", n)
+				}
+			}},
+	}
+	for _, a := range attacks {
+		t.Run(a.name, func(t *testing.T) {
+			checkGoroutines(t)
+			strayCalls.Store(0)
+			m := mock.New(mock.Options{})
+			mux := http.NewServeMux()
+			for pattern, h := range a.routes {
+				mux.Handle(pattern, h)
+			}
+			mux.Handle("/", m)
+			up := httptest.NewServer(mux)
+			defer up.Close()
+			g := newGatewayAt(t, up.URL, nil, a.edit)
+			defer g.close()
+
+			var rec *httptest.ResponseRecorder
+			if a.method == "POST" {
+				rec = g.post(a.path, add)
+			} else {
+				rec = g.get(a.path)
+			}
+			if rec.Code != a.want {
+				t.Fatalf("%s %s = %d %.300q; want %d", a.method, a.path, rec.Code, rec.Body, a.want)
+			}
+			if a.message != "" {
+				if msg := errorBody(t, rec); !strings.Contains(msg, a.message) {
+					t.Errorf("error %q; want it to contain %q", msg, a.message)
+				}
+			}
+			if a.check != nil {
+				a.check(t, rec, g)
+			}
+			if n := strayCalls.Load(); n != 0 {
+				t.Errorf("the host the upstream pointed to received %d requests; want none", n)
+			}
+			if rec.Code == 200 && a.method == "POST" {
+				if _, stored := m.Event(addedID(rec.Body.String())); !stored {
+					t.Errorf("acknowledged %q, which the upstream did not store", rec.Body)
+				}
+			}
+			if rec := g.get("/health"); rec.Code != 200 {
+				t.Errorf("after the attack, GET /health = %d; want 200", rec.Code)
+			}
+		})
+	}
+}
+
+// upstreamCalls returns how many calls of kind op the gateway has made, as
+// /metrics counts them.
+func upstreamCalls(g *testGateway, op string) int {
+	total := 0
+	prefix := `eventgate_upstream_request_duration_seconds_count{call="` + op + `",`
+	for _, line := range strings.Split(g.get("/metrics").Body.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			n, _ := strconv.Atoi(rest[strings.LastIndexByte(rest, ' ')+1:])
+			total += n
+		}
+	}
+	return total
 }
