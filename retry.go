@@ -10,7 +10,8 @@ import (
 )
 
 // retryPolicy retries idempotent reads whose failure a second try may fix:
-// a network error, or a 502, 503 or 504. Never a timeout (the caller has
+// a network error, or a 502, 503 or 504 (a 503 or 429 only if it did not
+// say when to come back). Never a timeout (the caller has
 // already waited UPSTREAM_TIMEOUT) and never a write.
 type retryPolicy struct {
 	Attempts  int            // tries in all, the first included; below 2, no retry
@@ -57,15 +58,18 @@ func (p retryPolicy) do(ctx context.Context, call func() ([]byte, error)) ([]byt
 	}
 }
 
-// retryable reports whether a second try of a read may succeed.
+// retryable reports whether a second try of a read may succeed, and may
+// be made now: never before a Retry-After the upstream sent.
 func retryable(err error) bool {
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
 		return false
 	}
 	switch ue.Kind {
-	case failNetwork, failUnavailable:
+	case failNetwork:
 		return true
+	case failUnavailable:
+		return ue.RetryAfter == 0
 	case failStatus:
 		return ue.Status == http.StatusBadGateway || ue.Status == http.StatusGatewayTimeout
 	}

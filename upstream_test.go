@@ -175,6 +175,18 @@ func TestRetriesAreNeverMadeForWritesOrTimeouts(t *testing.T) {
 			t.Errorf("GET /getUsers with a 502 reached the upstream %d times; want 3 tries", n)
 		}
 
+		for _, tt := range []struct {
+			status     int
+			retryAfter string
+			want       int64
+		}{{503, "", 3}, {429, "", 3}, {503, "7", 1}, {429, "1", 1}} {
+			g := newTestGateway(t, answer(tt.status, ``, "Retry-After", tt.retryAfter), nil)
+			g.get("/getUsers")
+			if n := g.transport.calls.Load(); n != tt.want {
+				t.Errorf("GET /getUsers answered %d with Retry-After %q reached the upstream %d times; want %d", tt.status, tt.retryAfter, n, tt.want)
+			}
+		}
+
 		g2 := newTestGateway(t, hangingUpstream(), nil)
 		g2.get("/getUsers")
 		if n := g2.transport.calls.Load(); n != 1 {
@@ -369,7 +381,11 @@ func TestHostileUpstream(t *testing.T) {
 		{name: "write answered with HTML", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, "<html>ok</html>", "Content-Type", "text/html")},
 			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
 		{name: "write answered success false", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"success": false}`)},
-			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
+			method: "POST", path: "/addEvent", want: 502, message: "did not confirm", check: func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+				if n := g.breaker.Snapshot().FailuresInWindow; n != 1 {
+					t.Errorf("breaker counted %d faults; want the unconfirmed write as one", n)
+				}
+			}},
 		{name: "write answered success as a string", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"success": "true"}`)},
 			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
 		{name: "write answered Success in another case", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"Success": true}`)},
