@@ -53,6 +53,10 @@ type breakerSettings struct {
 	// Each wait is the backoff less up to 20%, so that instances that
 	// opened together do not probe together.
 	Jitter func() float64
+	// IsFault reports whether a call's error is a fault of what the breaker
+	// guards; other errors (a refusal of a bad request, a caller that left)
+	// neither open nor close it. nil means every error is a fault.
+	IsFault func(error) bool
 	// Logger receives one line per state change; nil means slog.Default().
 	Logger *slog.Logger
 	// OnChange, if not nil, is called on every state change, with the
@@ -106,18 +110,59 @@ func newBreaker(s breakerSettings) *breaker {
 	if s.Logger == nil {
 		s.Logger = slog.Default()
 	}
+	if s.IsFault == nil {
+		s.IsFault = func(err error) bool { return err != nil }
+	}
 	return &breaker{s: s, wake: make(chan struct{}, 1), quit: make(chan struct{})}
 }
 
-// ticket is a call the breaker admitted; hand it back to Done.
+// ticket is a call the breaker admitted; hand it back to record.
 type ticket struct {
 	generation uint64
 	trial      bool
 }
 
-// Allow admits a call or refuses it with an *openError that says when to
-// come back. Every admitted call must be reported with Done.
-func (b *breaker) Allow() (ticket, error) {
+// outcome is what a call tells the breaker.
+type callOutcome int
+
+const (
+	outcomeSuccess callOutcome = iota
+	outcomeFault               // counts against what the breaker guards
+	outcomeNeutral             // says nothing about it (IsFault was false)
+)
+
+// Execute runs call if the breaker admits it, and records how it went;
+// refused, it returns an *openError that says when to come back. Whatever
+// call does, its outcome is recorded: an error as IsFault judges it, and a
+// panic as a fault, after which the panic goes on to the caller. So no call
+// can leave a trial slot taken.
+func (b *breaker) Execute(call func() error) error {
+	t, err := b.allow()
+	if err != nil {
+		return err
+	}
+	panicking := true
+	defer func() {
+		if panicking {
+			b.record(t, outcomeFault)
+		}
+	}()
+	err = call()
+	panicking = false
+	switch {
+	case err == nil:
+		b.record(t, outcomeSuccess)
+	case b.s.IsFault(err):
+		b.record(t, outcomeFault)
+	default:
+		b.record(t, outcomeNeutral)
+	}
+	return err
+}
+
+// allow admits a call or refuses it with an *openError that says when to
+// come back. Every admitted call must be reported with record.
+func (b *breaker) allow() (ticket, error) {
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -134,17 +179,15 @@ func (b *breaker) Allow() (ticket, error) {
 	return ticket{generation: b.generation}, nil
 }
 
-// Done reports the result of a call Allow admitted. Only upstream faults
-// (see upstreamFault) count against the upstream; a 4xx or a cancelled call
-// neither opens nor closes the breaker.
-func (b *breaker) Done(t ticket, err error) {
+// record records the outcome of a call allow admitted.
+func (b *breaker) record(t ticket, o callOutcome) {
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if t.generation != b.generation {
 		return // started before a state change: it says nothing about now
 	}
-	fault := upstreamFault(err)
+	fault := o == outcomeFault
 	switch b.state {
 	case stateClosed:
 		if !fault {
@@ -158,8 +201,8 @@ func (b *breaker) Done(t ticket, err error) {
 		b.trialsOut--
 		switch {
 		case fault:
-			b.open(now, "trial failed: "+err.Error())
-		case err == nil:
+			b.open(now, "trial failed")
+		case o == outcomeSuccess:
 			b.successes++
 			if b.successes >= b.s.CloseAfter {
 				b.transition(stateClosed, fmt.Sprintf("%d trials succeeded", b.successes))

@@ -29,8 +29,9 @@ var (
 func newTestBreaker(t *testing.T, jitter float64) *breaker {
 	b := newBreaker(breakerSettings{
 		Threshold: 3, Window: 30 * time.Second, BackoffMin: 5 * time.Second, BackoffMax: 60 * time.Second,
-		Jitter: func() float64 { return jitter },
-		Logger: slog.New(slog.DiscardHandler),
+		Jitter:  func() float64 { return jitter },
+		IsFault: upstreamFault,
+		Logger:  slog.New(slog.DiscardHandler),
 	})
 	t.Cleanup(b.Close)
 	return b
@@ -40,11 +41,21 @@ func newTestBreaker(t *testing.T, jitter float64) *breaker {
 // if b refuses it.
 func call(t *testing.T, b *breaker, result error) {
 	t.Helper()
-	tk, err := b.Allow()
-	if err != nil {
-		t.Fatalf("Allow refused a call in state %s: %v", b.Snapshot().State, err)
+	if err := b.Execute(func() error { return result }); err != result {
+		t.Fatalf("Execute refused a call in state %s: %v", b.Snapshot().State, err)
 	}
-	b.Done(tk, result)
+}
+
+// finish records the result of a call admitted by allow, as Execute would.
+func finish(b *breaker, tk ticket, err error) {
+	switch {
+	case err == nil:
+		b.record(tk, outcomeSuccess)
+	case b.s.IsFault(err):
+		b.record(tk, outcomeFault)
+	default:
+		b.record(tk, outcomeNeutral)
+	}
 }
 
 // trip opens a closed breaker with its threshold of three upstream faults.
@@ -88,6 +99,7 @@ func TestBreakerIgnoresClientErrorsAndCancellations(t *testing.T) {
 			call(t, b, errClient)
 			call(t, b, errGone)
 			call(t, b, &upstreamError{Op: "addEvent", Kind: failRejected, Status: 400})
+			call(t, b, &upstreamError{Op: "addEvent", Kind: failDeadline, Err: context.DeadlineExceeded})
 		}
 		wantState(t, b, stateClosed)
 	})
@@ -99,7 +111,7 @@ func TestBreakerOpenRefusesWithRetryAfter(t *testing.T) {
 		trip(t, b)
 		wantState(t, b, stateOpen)
 		time.Sleep(1500 * time.Millisecond)
-		_, err := b.Allow()
+		_, err := b.allow()
 		var oe *openError
 		if !errors.As(err, &oe) || oe.RetryAfter != 3500*time.Millisecond {
 			t.Fatalf("Allow while open = %v; want an openError with 3.5s to wait", err)
@@ -154,25 +166,25 @@ func TestBreakerHalfOpenRampsUpThenCloses(t *testing.T) {
 		time.Sleep(5 * time.Second)
 		wantState(t, b, stateHalfOpen)
 
-		first, err := b.Allow()
+		first, err := b.allow()
 		if err != nil {
 			t.Fatalf("first trial refused: %v", err)
 		}
-		if _, err := b.Allow(); err == nil {
+		if _, err := b.allow(); err == nil {
 			t.Fatal("a second concurrent trial was admitted; want one at a time")
 		}
-		b.Done(first, errClient) // a 4xx frees the slot, decides nothing
+		finish(b, first, errClient) // a 4xx frees the slot, decides nothing
 		wantState(t, b, stateHalfOpen)
 		call(t, b, nil)
 
-		t1, err1 := b.Allow()
-		t2, err2 := b.Allow()
-		_, err3 := b.Allow()
+		t1, err1 := b.allow()
+		t2, err2 := b.allow()
+		_, err3 := b.allow()
 		if err1 != nil || err2 != nil || err3 == nil {
 			t.Fatalf("after one success: trials admitted %v %v %v; want two of three", err1, err2, err3)
 		}
-		b.Done(t1, nil)
-		b.Done(t2, nil)
+		finish(b, t1, nil)
+		finish(b, t2, nil)
 		wantState(t, b, stateClosed)
 	})
 }
@@ -182,14 +194,14 @@ func TestBreakerHalfOpenRampsUpThenCloses(t *testing.T) {
 func TestBreakerIgnoresResultsFromAnEarlierGeneration(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
-		slow, _ := b.Allow()
+		slow, _ := b.allow()
 		trip(t, b)
 		time.Sleep(5 * time.Second)
 		wantState(t, b, stateHalfOpen)
-		b.Done(slow, nil) // began while closed
-		b.Done(slow, errFault)
+		finish(b, slow, nil) // began while closed
+		finish(b, slow, errFault)
 		wantState(t, b, stateHalfOpen)
-		if _, err := b.Allow(); err != nil {
+		if _, err := b.allow(); err != nil {
 			t.Errorf("the trial slot was taken by an old result: %v", err)
 		}
 	})
@@ -237,7 +249,7 @@ func TestBreakerUnderConcurrentCallers(t *testing.T) {
 			wg.Go(func() {
 				r := rand.New(rand.NewPCG(uint64(i), 1))
 				for range 50 {
-					tk, err := b.Allow()
+					tk, err := b.allow()
 					if err != nil {
 						refused.Add(1)
 						time.Sleep(time.Second)
@@ -249,7 +261,7 @@ func TestBreakerUnderConcurrentCallers(t *testing.T) {
 					if r.IntN(10) == 0 {
 						result = errFault
 					}
-					b.Done(tk, result)
+					finish(b, tk, result)
 				}
 			})
 		}
@@ -375,5 +387,70 @@ func TestOpenBreakerAnswers503WithoutCallingTheUpstream(t *testing.T) {
 		if b := health.Breaker; b.State != "open" || b.TimesOpened != 1 || b.RetryAfterSecs != 4 || b.NextTrialAt == nil {
 			t.Errorf("/health breaker = %+v; want open once, next trial in 4s", b)
 		}
+	})
+}
+
+// TestBreakerExecuteRecordsAPanicAsAFault: a call that panics is a fault,
+// and the panic still reaches Execute's caller.
+func TestBreakerExecuteRecordsAPanicAsAFault(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		for i := range 3 {
+			func() {
+				defer func() {
+					if v := recover(); v != "bug" {
+						t.Errorf("call %d: recovered %v; want the call's own panic", i, v)
+					}
+				}()
+				b.Execute(func() error { panic("bug") })
+			}()
+		}
+		wantState(t, b, stateOpen)
+	})
+}
+
+// TestPanicInATrialLeavesNothingTaken: a write that panics while the
+// breaker is half-open is answered 500, re-opens the breaker like any
+// failed trial, and frees its Idempotency-Key; after the next backoff the
+// same key is written, and the breaker closes.
+func TestPanicInATrialLeavesNothingTaken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := quietMock()
+		var mode atomic.Value
+		mode.Store("fail")
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch mode.Load() {
+			case "fail":
+				http.Error(w, "", 500)
+			case "panic":
+				panic("bug in the upstream client")
+			default:
+				m.ServeHTTP(w, r)
+			}
+		}), nil)
+		post := func(key string) int {
+			return g.post("/addEvent", `{"name": "x", "userId": "1"}`, "Idempotency-Key", key).Code
+		}
+		for range 3 {
+			post("")
+		}
+		time.Sleep(5 * time.Second)
+		wantState(t, g.breaker, stateHalfOpen)
+
+		mode.Store("panic")
+		if code := post("k"); code != 500 {
+			t.Fatalf("a write that panicked = %d; want 500", code)
+		}
+		wantState(t, g.breaker, stateOpen)
+
+		mode.Store("ok")
+		time.Sleep(10 * time.Second) // the second backoff, twice the first
+		wantState(t, g.breaker, stateHalfOpen)
+		if code := post("k"); code != 200 {
+			t.Errorf("the same key after the panic = %d; want 200, the key free again", code)
+		}
+		post("")
+		post("")
+		wantState(t, g.breaker, stateClosed)
 	})
 }

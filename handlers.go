@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -161,29 +160,6 @@ func handleNoRoute(mux *http.ServeMux) http.Handler {
 		writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
 			r.Method, r.URL.Path, strings.Join(allow, " or ")))
 	})
-}
-
-// maxIDLength bounds ids in paths and bodies; real ids are far shorter.
-const maxIDLength = 128
-
-// checkID returns what is wrong with an id, or "" if it is usable. Ids are
-// letters, digits, '-', '_' and '.', but not "." or ".." alone: nothing that
-// could change the meaning of an upstream path, even before escaping.
-func checkID(id string) string {
-	switch {
-	case id == "":
-		return "must not be empty"
-	case len(id) > maxIDLength:
-		return fmt.Sprintf("longer than %d characters", maxIDLength)
-	case id == "." || id == "..":
-		return "must not be a dot segment"
-	}
-	for _, c := range []byte(id) {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return "may hold only letters, digits, '-', '_' and '.'"
-		}
-	}
-	return ""
 }
 
 // writeArray answers 200 with items as one JSON array, written piece by

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -161,4 +163,100 @@ func checkGoroutines(t *testing.T) {
 			t.Errorf("%d goroutines at the end, %d at the start:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 		}
 	})
+}
+
+// pipeListener is a net.Listener of in-memory connections (net.Pipe). An
+// http.Server serves them as it serves TCP, deadlines included, so a test
+// inside a synctest bubble can drive a real server byte by byte on the
+// fake clock.
+type pipeListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+// dial opens a connection to the server and returns the client's end.
+func (l *pipeListener) dial() net.Conn {
+	client, server := net.Pipe()
+	l.conns <- server
+	return client
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+// servePipes serves handler with the server run builds, on the listener
+// wrap returns for a pipe listener (wrap nil: the pipe listener itself),
+// until the test ends.
+func servePipes(t *testing.T, cfg config, handler http.Handler, wrap func(net.Listener) net.Listener) *pipeListener {
+	t.Helper()
+	pl := newPipeListener()
+	var l net.Listener = pl
+	if wrap != nil {
+		l = wrap(pl)
+	}
+	srv := newHTTPServer(cfg, handler, slog.New(slog.DiscardHandler))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return pl
+}
+
+// exchange writes head on c, then, after wait, tail; meanwhile it reads the
+// answer. It returns the answer's status code and body (0 if none came),
+// and how long after the start the answer arrived.
+func exchange(c net.Conn, head string, wait time.Duration, tail string) (int, string, time.Duration) {
+	type answer struct {
+		code int
+		body string
+		at   time.Duration
+	}
+	start := time.Now()
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			got <- answer{at: time.Since(start)}
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- answer{resp.StatusCode, string(body), time.Since(start)}
+	}()
+	io.WriteString(c, head)
+	if tail != "" {
+		time.Sleep(wait)
+		io.WriteString(c, tail) // fails once the server has given up: that is fine
+	}
+	a := <-got
+	c.Close()
+	return a.code, a.body, a.at
 }

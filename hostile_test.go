@@ -150,7 +150,9 @@ func rawRequest(t *testing.T, addr, raw string) (string, string) {
 // oversized header block and a body that stops arriving.
 func TestHostileConnections(t *testing.T) {
 	checkGoroutines(t)
-	g := newTestGateway(t, quietMock(), nil)
+	// The body must arrive while UPSTREAM_TIMEOUT is left of REQUEST_TIMEOUT:
+	// here within 300ms.
+	g := newTestGateway(t, quietMock(), func(c *config) { c.RequestTimeout = c.UpstreamTimeout + 300*time.Millisecond })
 	addr := startRealServer(t, g)
 
 	huge := "GET /getUsers HTTP/1.1\r\nHost: x\r\nX-Junk: " + strings.Repeat("a", 70<<10) + "\r\n\r\n"

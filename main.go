@@ -101,6 +101,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		Window:     cfg.BreakerWindow,
 		BackoffMin: cfg.BreakerBackoffMin,
 		BackoffMax: cfg.BreakerBackoffMax,
+		IsFault:    upstreamFault, // the one place that says what the upstream is to blame for
 		Logger:     logger,
 		OnChange:   m.breakerChanged,
 	})

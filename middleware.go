@@ -123,15 +123,6 @@ func requireToken(token string, next http.Handler) http.Handler {
 	})
 }
 
-func printableASCII(s string) bool {
-	for _, c := range []byte(s) {
-		if c < 0x21 || c > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
 // statusRecorder remembers the status a handler wrote, for logs and metrics.
 type statusRecorder struct {
 	http.ResponseWriter
