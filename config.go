@@ -113,6 +113,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if p.err == nil && c.BreakerBackoffMax < c.BreakerBackoffMin {
 		p.fail("BREAKER_BACKOFF_MAX", c.BreakerBackoffMax.String(), "must not be shorter than BREAKER_BACKOFF_MIN")
 	}
+	if p.err == nil && c.RequestTimeout <= c.UpstreamTimeout {
+		// A write is sent only with its whole UPSTREAM_TIMEOUT ahead of it.
+		p.fail("REQUEST_TIMEOUT", c.RequestTimeout.String(), "must be longer than UPSTREAM_TIMEOUT")
+	}
 	return c, p.err
 }
 

@@ -102,6 +102,9 @@ func TestRunRefusesABadVariable(t *testing.T) {
 		{"UPSTREAM_URL", "ftp://x"},
 		{"LOG_FORMAT", "xml"},
 		{"LOG_LEVEL", "loud"},
+		{"REQUEST_TIMEOUT", "2s"}, // not longer than UPSTREAM_TIMEOUT
+		{"MAX_RESPONSE_BYTES", "32MB"},
+		{"EVENT_CACHE_BYTES", "1KiB"},
 	}
 	for _, tt := range tests {
 		err := run(t.Context(), []string{"eventgate", "-env-file="}, envOf(map[string]string{tt.name: tt.value}), io.Discard, io.Discard)
