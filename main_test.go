@@ -106,8 +106,11 @@ func TestRunRefusesABadVariable(t *testing.T) {
 		{"MAX_RESPONSE_BYTES", "32MB"},
 		{"EVENT_CACHE_BYTES", "1KiB"},
 	}
+	// Cancelled: were a bad value accepted, run would return at once, not serve.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
 	for _, tt := range tests {
-		err := run(t.Context(), []string{"eventgate", "-env-file="}, envOf(map[string]string{tt.name: tt.value}), io.Discard, io.Discard)
+		err := run(ctx, []string{"eventgate", "-env-file="}, envOf(map[string]string{tt.name: tt.value}), io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tt.name) {
 			t.Errorf("%s=%q: run error = %v; want one naming %s", tt.name, tt.value, err, tt.name)
 		}
