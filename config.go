@@ -18,6 +18,7 @@ import (
 // config is everything eventgate reads from its environment, once, at start.
 type config struct {
 	Port            int
+	MaxConnections  int    // client connections open at once
 	UpstreamURL     string // empty: start the embedded mock
 	UpstreamTimeout time.Duration
 	RequestTimeout  time.Duration // a whole client request, fan-out included
@@ -50,6 +51,7 @@ type config struct {
 // README's table.
 var envDefaults = []struct{ name, value string }{
 	{"PORT", "3000"},
+	{"MAX_CONNECTIONS", "10000"},
 	{"UPSTREAM_URL", ""},
 	{"UPSTREAM_TIMEOUT", "2s"},
 	{"REQUEST_TIMEOUT", "10s"},
@@ -82,6 +84,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	p := envParser{getenv: getenv}
 	c := config{
 		Port:                p.int("PORT", 1, 65535),
+		MaxConnections:      p.int("MAX_CONNECTIONS", 1, 1_000_000),
 		UpstreamURL:         p.url("UPSTREAM_URL"),
 		UpstreamTimeout:     p.duration("UPSTREAM_TIMEOUT", time.Millisecond),
 		RequestTimeout:      p.duration("REQUEST_TIMEOUT", time.Millisecond),
@@ -140,6 +143,9 @@ func (p *envParser) get(name string) string {
 }
 
 func (p *envParser) fail(name, value, why string) {
+	if name == "UPSTREAM_URL" {
+		value = redacted(value) // an error message reaches logs and terminals
+	}
 	if p.err == nil {
 		p.err = fmt.Errorf("invalid %s=%q: %s", name, value, why)
 	}

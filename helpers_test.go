@@ -218,6 +218,9 @@ func servePipes(t *testing.T, cfg config, handler http.Handler, wrap func(net.Li
 		l = wrap(pl)
 	}
 	srv := newHTTPServer(cfg, handler, slog.New(slog.DiscardHandler))
+	if cl, ok := l.(*connLimiter); ok {
+		srv.ConnState = cl.track
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -65,7 +66,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	if *mockOnly {
 		srv := newHTTPServer(cfg, mock.New(cfg.Mock), logger)
-		return serve(ctx, srv, cfg, logger, "mock Event API listening", nil)
+		return serve(ctx, srv, cfg, logger, "mock Event API listening", nil, nil)
+	}
+
+	if nofile := fileLimit(); nofile > 0 {
+		conns, inflight, lowered := fitToFileLimit(cfg.MaxConnections, cfg.UpstreamMaxInflight, nofile)
+		if lowered {
+			logger.WarnContext(ctx, "lowered to fit the limit on open files", "open_files_limit", nofile,
+				"max_connections", conns, "was", cfg.MaxConnections, "upstream_max_inflight", inflight, "was_inflight", cfg.UpstreamMaxInflight)
+		}
+		cfg.MaxConnections, cfg.UpstreamMaxInflight = conns, inflight
 	}
 
 	upstreamURL := cfg.UpstreamURL
@@ -80,15 +90,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	s := wire(cfg, logger, upstreamURL, nil)
 	defer s.Close()
-	handler := newServer(logger, cfg, s)
+	srv := newHTTPServer(cfg, newServer(logger, cfg, s), logger)
+	limit := func(ln net.Listener) net.Listener {
+		l := newConnLimiter(ln, cfg.MaxConnections, s.metrics)
+		srv.ConnState = l.track
+		return l
+	}
 
-	attrs := []any{"upstream", upstreamURL, "embedded_mock", cfg.UpstreamURL == ""}
+	attrs := []any{"upstream", redacted(upstreamURL), "embedded_mock", cfg.UpstreamURL == "", "max_connections", cfg.MaxConnections}
 	if cfg.APIToken == "" {
 		attrs = append(attrs, "writes", "open: API_TOKEN is not set")
 	} else {
 		attrs = append(attrs, "writes", "bearer token required")
 	}
-	return serve(ctx, newHTTPServer(cfg, handler, logger), cfg, logger, "eventgate listening", s.ready, attrs...)
+	return serve(ctx, srv, cfg, logger, "eventgate listening", s.ready, limit, attrs...)
 }
 
 // wire builds the gateway's parts from cfg; run and the tests share it.
@@ -160,10 +175,14 @@ func shutdownTimeout(cfg config) time.Duration { return cfg.RequestTimeout + 5*t
 // serve listens, serves until ctx is done, then shuts down gracefully. A
 // listen error (the port in use) is returned at once. ready, if not nil, is
 // cleared as shutdown begins, so /ready turns 503 while requests drain.
-func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logger, msg string, ready *atomic.Bool, attrs ...any) error {
+// limit, if not nil, wraps the listener (the connection cap).
+func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logger, msg string, ready *atomic.Bool, limit func(net.Listener) net.Listener, attrs ...any) error {
 	ln, err := net.Listen("tcp", srv.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
+	}
+	if limit != nil {
+		ln = limit(ln)
 	}
 	logger.InfoContext(ctx, msg, append([]any{"addr", ln.Addr().String()}, attrs...)...)
 
@@ -239,6 +258,25 @@ func checkHealth(ctx context.Context, port int) error {
 		return fmt.Errorf("healthcheck: /health answered %s", resp.Status)
 	}
 	return nil
+}
+
+// fileLimit returns the process's limit on open files (the Go runtime
+// raises the soft limit to the hard one at start), or 0 if it is unknown.
+func fileLimit() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	return rl.Cur
+}
+
+// redacted returns a URL for logs: its password, if any, replaced.
+func redacted(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func newLogger(w io.Writer, cfg config) *slog.Logger {

@@ -31,6 +31,9 @@ type metrics struct {
 	inflight    atomic.Int64          // upstream calls in flight
 	dials       atomic.Uint64         // upstream connections opened
 	foreign     atomic.Uint64         // events withheld: another user's
+	connsOpen   atomic.Int64          // client connections open
+	connsRefuse atomic.Uint64         // client connections closed at once: over the cap, none idle
+	connsIdle   atomic.Uint64         // idle client connections closed to make room
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -105,6 +108,24 @@ func (m *metrics) foreignEventWithheld() {
 	}
 }
 
+func (m *metrics) connectionsOpen(n int) {
+	if m != nil {
+		m.connsOpen.Store(int64(n))
+	}
+}
+
+func (m *metrics) connectionRefused() {
+	if m != nil {
+		m.connsRefuse.Add(1)
+	}
+}
+
+func (m *metrics) idleConnectionClosed() {
+	if m != nil {
+		m.connsIdle.Add(1)
+	}
+}
+
 func (m *metrics) cacheLookup(result string) {
 	if m == nil {
 		return
@@ -152,6 +173,9 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&b, "# HELP eventgate_upstream_inflight Upstream calls in flight.\n# TYPE eventgate_upstream_inflight gauge\neventgate_upstream_inflight %d\n", m.inflight.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_upstream_connections_opened_total Upstream TCP connections dialed.\n# TYPE eventgate_upstream_connections_opened_total counter\neventgate_upstream_connections_opened_total %d\n", m.dials.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_foreign_events_withheld_total Events left out of an answer because the upstream says they belong to another user.\n# TYPE eventgate_foreign_events_withheld_total counter\neventgate_foreign_events_withheld_total %d\n", m.foreign.Load())
+	fmt.Fprintf(&b, "# HELP eventgate_client_connections Client connections open.\n# TYPE eventgate_client_connections gauge\neventgate_client_connections %d\n", m.connsOpen.Load())
+	fmt.Fprintf(&b, "# HELP eventgate_client_connections_refused_total Client connections closed at once: MAX_CONNECTIONS were open and none was idle.\n# TYPE eventgate_client_connections_refused_total counter\neventgate_client_connections_refused_total %d\n", m.connsRefuse.Load())
+	fmt.Fprintf(&b, "# HELP eventgate_client_connections_idle_closed_total Idle keep-alive client connections closed to make room for a new one at MAX_CONNECTIONS.\n# TYPE eventgate_client_connections_idle_closed_total counter\neventgate_client_connections_idle_closed_total %d\n", m.connsIdle.Load())
 	fmt.Fprintf(&b, "# HELP go_goroutines Number of goroutines that currently exist.\n# TYPE go_goroutines gauge\ngo_goroutines %d\n", m.goroutines())
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

@@ -214,6 +214,7 @@ func newTransport(maxInflight int, m *metrics) *http.Transport {
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           maxInflight,
 		MaxIdleConnsPerHost:    maxInflight,
+		MaxConnsPerHost:        maxInflight, // so file descriptors are bounded too
 		IdleConnTimeout:        90 * time.Second,
 		TLSHandshakeTimeout:    5 * time.Second,
 		ExpectContinueTimeout:  time.Second,

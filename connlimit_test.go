@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// keepAlive is a client connection that sends requests one after another.
+type keepAlive struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+// get sends GET path and returns the answer's status, 0 if the connection
+// was closed instead.
+func (k *keepAlive) get(path string) int {
+	if _, err := io.WriteString(k.c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		return 0
+	}
+	resp, err := http.ReadResponse(k.r, nil)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestConnectionCap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		m := quietMock()
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/getUsers" {
+				<-release
+			}
+			m.ServeHTTP(w, r)
+		}), nil)
+		l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener { return newConnLimiter(inner, 2, g.metrics) })
+		dial := func() *keepAlive {
+			c := l.dial()
+			t.Cleanup(func() { c.Close() })
+			return &keepAlive{c, bufio.NewReader(c)}
+		}
+
+		// Two connections busy with a slow request fill the cap.
+		a, b := dial(), dial()
+		codes := make(chan int, 2)
+		go func() { codes <- a.get("/getUsers") }()
+		go func() { codes <- b.get("/getUsers") }()
+		synctest.Wait()
+
+		start := time.Now()
+		refused := dial()
+		if _, err := refused.r.ReadByte(); err != io.EOF || time.Since(start) != 0 {
+			t.Errorf("a third connection read %v after %v; want it closed at once (EOF)", err, time.Since(start))
+		}
+		close(release)
+		if c1, c2 := <-codes, <-codes; c1 != 200 || c2 != 200 {
+			t.Errorf("the two busy connections were answered %d and %d; want 200", c1, c2)
+		}
+
+		// Now both are idle; a is idle longer. A newcomer takes a's place.
+		time.Sleep(time.Second)
+		if code := b.get("/health"); code != 200 {
+			t.Fatalf("GET /health on b = %d", code)
+		}
+		time.Sleep(time.Second)
+		newcomer := dial()
+		if code := newcomer.get("/health"); code != 200 {
+			t.Errorf("a new connection at the cap with two idle = %d; want 200", code)
+		}
+		if code := a.get("/health"); code != 0 {
+			t.Errorf("the connection idle longest answered %d; want it closed to make room", code)
+		}
+		if code := b.get("/health"); code != 200 {
+			t.Errorf("the other idle connection = %d; want it kept", code)
+		}
+		// A connection its client closes frees its place: the next one
+		// needs no eviction.
+		newcomer.c.Close()
+		synctest.Wait()
+		if code := dial().get("/health"); code != 200 {
+			t.Errorf("a new connection after one closed = %d; want 200", code)
+		}
+		if code := b.get("/health"); code != 200 {
+			t.Errorf("b after a connection closed and another opened = %d; want it kept", code)
+		}
+		text := g.get("/metrics").Body.String()
+		for _, want := range []string{"eventgate_client_connections_refused_total 1\n", "eventgate_client_connections_idle_closed_total 1\n", "eventgate_client_connections 2\n"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+		}
+	})
+}
+
+func TestFitToFileLimit(t *testing.T) {
+	tests := []struct {
+		conns, inflight int
+		nofile          uint64
+		wantConns       int
+		wantInflight    int
+		lowered         bool
+	}{
+		{10000, 4000, 20000, 10000, 4000, false}, // this machine: fits
+		{10000, 4000, 12064, 8000, 4000, true},   // clients give way first
+		{10000, 4000, 1024, 480, 480, true},      // a container's 1024: half each
+		{100, 50, 1024, 100, 50, false},
+	}
+	for _, tt := range tests {
+		c, i, lowered := fitToFileLimit(tt.conns, tt.inflight, tt.nofile)
+		if c != tt.wantConns || i != tt.wantInflight || lowered != tt.lowered {
+			t.Errorf("fitToFileLimit(%d, %d, %d) = %d, %d, %v; want %d, %d, %v", tt.conns, tt.inflight, tt.nofile, c, i, lowered, tt.wantConns, tt.wantInflight, tt.lowered)
+		}
+		if uint64(c+i+fdReserve) > tt.nofile {
+			t.Errorf("fitToFileLimit(%d, %d, %d) = %d + %d: more than the limit with the reserve", tt.conns, tt.inflight, tt.nofile, c, i)
+		}
+	}
+}
