@@ -83,7 +83,7 @@ var envDefaults = []struct{ name, value string }{
 func loadConfig(getenv func(string) string) (config, error) {
 	p := envParser{getenv: getenv}
 	c := config{
-		Port:                p.int("PORT", 1, 65535),
+		Port:                p.int("PORT", 0, 65535), // 0: any free port, as logged
 		MaxConnections:      p.int("MAX_CONNECTIONS", 1, 1_000_000),
 		UpstreamURL:         p.url("UPSTREAM_URL"),
 		UpstreamTimeout:     p.duration("UPSTREAM_TIMEOUT", time.Millisecond),

@@ -217,7 +217,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	} else {
 		logger.DebugContext(r.Context(), "request refused", "status", ae.Status, "err", err)
 	}
-	if ae.RetryAfter > 0 {
+	if ae.RetryAfter > 0 || ae.Status == http.StatusServiceUnavailable {
+		// Every 503 says when to come back: at least a second, even when
+		// the next breaker trial is due this instant.
 		w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(ae.RetryAfter)))
 	}
 	body := map[string]any{"error": ae.Message}

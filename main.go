@@ -28,12 +28,25 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, shutdown := context.WithCancel(context.Background())
+	go stopOnSignals(sigs, shutdown, os.Stderr, os.Exit) // ends with the process
 	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "eventgate: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// stopOnSignals begins the graceful shutdown at the first signal, and at a
+// second one ends the process at once with status 1: an operator who
+// signals again does not want to wait for the drain.
+func stopOnSignals(sigs <-chan os.Signal, shutdown func(), stderr io.Writer, exit func(int)) {
+	<-sigs
+	shutdown()
+	s := <-sigs
+	fmt.Fprintf(stderr, "eventgate: second signal (%v) during shutdown: stopping now; requests in flight are cut off\n", s)
+	exit(1)
 }
 
 // run starts eventgate and blocks until ctx is cancelled, then shuts down
@@ -161,10 +174,12 @@ func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server
 		ReadTimeout: 10 * time.Second,
 		// Longer than the slowest legitimate answer, which the request
 		// deadline bounds, so a slow answer is cut by our 504, not a reset.
-		WriteTimeout:   cfg.RequestTimeout + 5*time.Second,
-		IdleTimeout:    2 * time.Minute,
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		WriteTimeout: cfg.RequestTimeout + 5*time.Second,
+		IdleTimeout:  2 * time.Minute,
+		// "OPTIONS *" reaches the middleware, which answers it in JSON.
+		DisableGeneralOptionsHandler: true,
+		MaxHeaderBytes:               64 << 10,
+		ErrorLog:                     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }
 

@@ -3,16 +3,21 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // logWatcher collects run's log output and closes started when the
@@ -60,25 +65,27 @@ func (l *logWatcher) String() string {
 	return l.buf.String()
 }
 
-// freePort returns a port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func envOf(vars map[string]string) func(string) string {
 	return func(k string) string { return vars[k] }
 }
 
-// startRun starts run in the background and waits until it listens. It
-// returns the log, a function that stops run, and run's result.
-func startRun(t *testing.T, vars map[string]string) (*logWatcher, context.CancelFunc, <-chan error) {
+// listenPort returns the port of the first "listening" line of the log.
+func (l *logWatcher) listenPort(t *testing.T) int {
 	t.Helper()
+	m := regexp.MustCompile(`(?:addr=|"addr":")\S*?:(\d+)`).FindStringSubmatch(l.String())
+	if m == nil {
+		t.Fatalf("no listening address in the log:\n%s", l)
+	}
+	port, _ := strconv.Atoi(m[1])
+	return port
+}
+
+// startRun starts run in the background on a port the system picks (PORT=0)
+// and waits until it listens. It returns the log, a function that stops
+// run, run's result, and the port.
+func startRun(t *testing.T, vars map[string]string) (*logWatcher, context.CancelFunc, <-chan error, int) {
+	t.Helper()
+	vars["PORT"] = "0"
 	ctx, cancel := context.WithCancel(t.Context())
 	logs := newLogWatcher()
 	errc := make(chan error, 1)
@@ -89,7 +96,7 @@ func startRun(t *testing.T, vars map[string]string) (*logWatcher, context.Cancel
 		cancel()
 		t.Fatalf("run returned before listening: %v\n%s", err, logs)
 	}
-	return logs, cancel, errc
+	return logs, cancel, errc, logs.listenPort(t)
 }
 
 func TestRunRefusesABadVariable(t *testing.T) {
@@ -143,8 +150,7 @@ func TestRunReturnsListenError(t *testing.T) {
 
 func TestRunServesTheEmbeddedMockAndShutsDown(t *testing.T) {
 	checkGoroutines(t)
-	port := freePort(t)
-	logs, stop, errc := startRun(t, map[string]string{"PORT": strconv.Itoa(port), "MOCK_EVENT_DELAY": "1ms", "MOCK_FAIL_RATE": "0"})
+	logs, stop, errc, port := startRun(t, map[string]string{"MOCK_EVENT_DELAY": "1ms", "MOCK_FAIL_RATE": "0"})
 	if !strings.Contains(logs.String(), "embedded_mock=true") {
 		t.Errorf("start-up log does not say the mock is embedded:\n%s", logs)
 	}
@@ -182,8 +188,7 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 		w.Write([]byte(`[{"id": "1"}]`))
 	}))
 	defer up.Close()
-	port := freePort(t)
-	_, stop, errc := startRun(t, map[string]string{"PORT": strconv.Itoa(port), "UPSTREAM_URL": up.URL})
+	_, stop, errc, port := startRun(t, map[string]string{"UPSTREAM_URL": up.URL})
 
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
@@ -230,8 +235,7 @@ func writeFile(name, content string) error { return os.WriteFile(name, []byte(co
 // load balancer stops sending traffic before the listener closes.
 func TestReadyFailsDuringTheDrain(t *testing.T) {
 	checkGoroutines(t)
-	port := freePort(t)
-	logs, stop, errc := startRun(t, map[string]string{"PORT": strconv.Itoa(port), "SHUTDOWN_DRAIN": "500ms"})
+	logs, stop, errc, port := startRun(t, map[string]string{"SHUTDOWN_DRAIN": "500ms"})
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	get := func(path string) int {
 		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
@@ -251,5 +255,52 @@ func TestReadyFailsDuringTheDrain(t *testing.T) {
 	}
 	if err := <-errc; err != nil {
 		t.Errorf("run = %v", err)
+	}
+}
+
+func TestSecondSignalStopsAtOnce(t *testing.T) {
+	sigs := make(chan os.Signal, 2)
+	var stderr bytes.Buffer
+	shutdown, exited := make(chan struct{}), make(chan int, 1)
+	go stopOnSignals(sigs, func() { close(shutdown) }, &stderr, func(code int) { exited <- code })
+	sigs <- syscall.SIGTERM
+	<-shutdown
+	select {
+	case code := <-exited:
+		t.Fatalf("exited with %d at the first signal; want a graceful shutdown", code)
+	default:
+	}
+	sigs <- syscall.SIGINT
+	if code := <-exited; code != 1 || !strings.Contains(stderr.String(), "second signal (interrupt)") {
+		t.Errorf("second signal: exit %d, stderr %q; want 1 and a line saying why", code, stderr.String())
+	}
+}
+
+// TestSecondSignalStopsTheProcess runs eventgate as a real process (this test
+// binary, running main) with a long drain, and signals it twice: it exits
+// at once, with status 1, instead of draining for a minute.
+func TestSecondSignalStopsTheProcess(t *testing.T) {
+	if os.Getenv("EVENTGATE_RUN_MAIN") == "1" {
+		os.Args = []string{"eventgate", "-env-file="}
+		main()
+		return
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // a safety net: the drain alone is a minute
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSecondSignalStopsTheProcess$")
+	cmd.Env = append(os.Environ(), "EVENTGATE_RUN_MAIN=1", "PORT=0", "SHUTDOWN_DRAIN=1m")
+	logs := newLogWatcher()
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	<-logs.started
+	cmd.Process.Signal(syscall.SIGTERM)
+	logs.waitFor("draining")
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || ctx.Err() != nil || !strings.Contains(logs.String(), "second signal") {
+		t.Errorf("after two signals: %v (deadline: %v); want exit status 1 at once, saying why:\n%s", err, ctx.Err(), logs)
 	}
 }

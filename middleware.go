@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"log/slog"
 	"net/http"
 	"path"
 	"runtime/debug"
+	"strings"
 	"time"
 )
 
@@ -76,6 +78,19 @@ func withMiddleware(logger *slog.Logger, cfg config, m *metrics, mux http.Handle
 		}()
 		defer recoverPanic(rec, r)
 
+		if r.RequestURI == "*" {
+			// "OPTIONS *" asks about the server as a whole (RFC 9110); no
+			// other method may use that target. ServeMux would answer both
+			// with an empty body.
+			if r.Method != http.MethodOptions {
+				writeError(rec, r, errorf(http.StatusBadRequest, "the request target * is only for OPTIONS"))
+				return
+			}
+			h.Set("Allow", "GET, HEAD, POST, OPTIONS")
+			encode(rec, http.StatusOK, map[string][]string{"methods": {"GET", "HEAD", "POST", "OPTIONS"}})
+			return
+		}
+
 		if r.URL.Path != path.Clean(r.URL.Path) || r.URL.Path == "" {
 			// ServeMux would answer an unclean path ("/a/../b") with a
 			// redirect; a gateway answers it as the bad input it is.
@@ -105,16 +120,18 @@ func recoverPanic(w *statusRecorder, r *http.Request) {
 }
 
 // requireToken protects next with a bearer token when token is not empty.
-// The comparison takes the same time whatever the client sent, so timing
-// cannot reveal the token.
+// The scheme is case-insensitive (RFC 9110). The token is compared by its
+// SHA-256, in constant time, so neither timing nor an early length check
+// can reveal the token or its length.
 func requireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}
-	want := []byte("Bearer " + token)
+	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		scheme, credential, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		got := sha256.Sum256([]byte(strings.TrimSpace(credential)))
+		if subtle.ConstantTimeCompare(got[:], want[:]) != 1 || !strings.EqualFold(scheme, "Bearer") {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="eventgate"`)
 			writeError(w, r, errorf(http.StatusUnauthorized, "a valid bearer token is required to add events"))
 			return

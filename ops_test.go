@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"slices"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 )
 
 // TestOpenAPIMatchesTheRoutes keeps openapi.yaml and routes in step: every
@@ -151,7 +154,7 @@ func TestReadyTurns503WhenShuttingDown(t *testing.T) {
 func TestAPITokenProtectsWritesOnly(t *testing.T) {
 	g := newTestGateway(t, quietMock(), func(c *config) { c.APIToken = "s3cret-token" })
 	body := `{"name": "x", "userId": "1"}`
-	for _, auth := range []string{"", "Bearer wrong", "Bearer s3cret-token-and-more", "s3cret-token", "Basic czNjcmV0LXRva2Vu"} {
+	for _, auth := range []string{"", "Bearer wrong", "Bearer s3cret-token-and-more", "Bearer s3cret-toke", "s3cret-token", "Bearers3cret-token", "Basic czNjcmV0LXRva2Vu", "Basic s3cret-token"} {
 		rec := g.post("/addEvent", body, "Authorization", auth)
 		if rec.Code != 401 || !strings.HasPrefix(rec.Header().Get("WWW-Authenticate"), "Bearer") {
 			t.Errorf("Authorization %q = %d, WWW-Authenticate %q; want 401 Bearer", auth, rec.Code, rec.Header().Get("WWW-Authenticate"))
@@ -161,8 +164,10 @@ func TestAPITokenProtectsWritesOnly(t *testing.T) {
 	if n := g.transport.calls.Load(); n != 0 {
 		t.Errorf("unauthorised writes reached the upstream %d times", n)
 	}
-	if rec := g.post("/addEvent", body, "Authorization", "Bearer s3cret-token"); rec.Code != 200 {
-		t.Errorf("with the token = %d; want 200", rec.Code)
+	for _, auth := range []string{"Bearer s3cret-token", "bearer s3cret-token", "BEARER s3cret-token", "Bearer  s3cret-token "} {
+		if rec := g.post("/addEvent", body, "Authorization", auth); rec.Code != 200 {
+			t.Errorf("Authorization %q = %d; want 200 (the scheme is case-insensitive)", auth, rec.Code)
+		}
 	}
 	if rec := g.get("/getUsers"); rec.Code != 200 {
 		t.Errorf("GET /getUsers without a token = %d; reads stay open", rec.Code)
@@ -194,9 +199,8 @@ func TestEveryAnswerIsSafe(t *testing.T) {
 // logs and a token, and reads every line it logged.
 func TestJSONLogsCarryRequestIDsAndNoSecrets(t *testing.T) {
 	checkGoroutines(t)
-	port := freePort(t)
-	logs, stop, errc := startRun(t, map[string]string{
-		"PORT": strconv.Itoa(port), "LOG_FORMAT": "json", "API_TOKEN": "s3cret-token", "MOCK_EVENT_DELAY": "1ms",
+	logs, stop, errc, port := startRun(t, map[string]string{
+		"LOG_FORMAT": "json", "API_TOKEN": "s3cret-token", "MOCK_EVENT_DELAY": "1ms",
 	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	client := &http.Client{Transport: &http.Transport{}}
@@ -240,5 +244,62 @@ func TestJSONLogsCarryRequestIDsAndNoSecrets(t *testing.T) {
 	}
 	if !sawRequest || !strings.Contains(text, "bearer token required") {
 		t.Errorf("logs lack the request line or the start-up line's write protection:\n%s", text)
+	}
+}
+
+// TestStarTargetsAreAnsweredInJSON sends "OPTIONS *" and "GET *" to a real
+// server: each answer is JSON and carries X-Request-ID.
+func TestStarTargetsAreAnsweredInJSON(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, quietMock(), nil)
+		l := servePipes(t, g.cfg, g.handler, nil)
+		for _, tt := range []struct {
+			method string
+			want   int
+			body   string
+		}{{"OPTIONS", 200, `"methods"`}, {"GET", 400, "only for OPTIONS"}, {"POST", 400, "only for OPTIONS"}} {
+			c := l.dial()
+			go fmt.Fprintf(c, "%s * HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", tt.method)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("%s *: %v", tt.method, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			c.Close()
+			if resp.StatusCode != tt.want || resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("X-Request-ID") == "" || !strings.Contains(string(body), tt.body) {
+				t.Errorf("%s * = %d %q, headers %v; want %d, JSON with %s and an X-Request-ID", tt.method, resp.StatusCode, body, resp.Header, tt.want, tt.body)
+			}
+		}
+	})
+}
+
+// TestEvery503SaysWhenToComeBack: even when the breaker's next trial is
+// due this instant, a 503 carries a Retry-After of at least one second.
+func TestEvery503SaysWhenToComeBack(t *testing.T) {
+	for _, err := range []error{&openError{RetryAfter: 0}, &openError{RetryAfter: 200 * time.Millisecond}, errorf(503, "shutting down")} {
+		rec := httptest.NewRecorder()
+		writeError(rec, httptest.NewRequest("POST", "/addEvent", nil), err)
+		if rec.Code != 503 || rec.Header().Get("Retry-After") != "1" {
+			t.Errorf("%v answered %d with Retry-After %q; want 503 with 1", err, rec.Code, rec.Header().Get("Retry-After"))
+		}
+	}
+}
+
+// TestUpstreamPasswordNeverLogged starts eventgate with credentials in
+// UPSTREAM_URL, and refuses a bad one: the password is in neither the
+// start-up log nor the error.
+func TestUpstreamPasswordNeverLogged(t *testing.T) {
+	checkGoroutines(t)
+	logs, stop, errc, _ := startRun(t, map[string]string{"UPSTREAM_URL": "http://gate:s3cret-pass@127.0.0.1:9"})
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if text := logs.String(); strings.Contains(text, "s3cret") || !strings.Contains(text, "gate:xxxxx@127.0.0.1:9") {
+		t.Errorf("start-up log shows the password, or not the redacted URL:\n%s", text)
+	}
+	err := run(t.Context(), []string{"eventgate", "-env-file="}, envOf(map[string]string{"UPSTREAM_URL": "ftp://gate:s3cret-pass@x"}), io.Discard, io.Discard)
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "UPSTREAM_URL") {
+		t.Errorf("a bad UPSTREAM_URL gave %v; want an error naming the variable, without the password", err)
 	}
 }
