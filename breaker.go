@@ -12,7 +12,7 @@ import (
 type breakerState int
 
 const (
-	stateClosed   breakerState = iota // calls pass; upstream faults are counted
+	stateClosed   breakerState = iota // calls pass; faults are counted
 	stateOpen                         // calls fail fast until the next trial
 	stateHalfOpen                     // a few real calls are let through as trials
 )
@@ -29,7 +29,7 @@ func (s breakerState) String() string {
 	return fmt.Sprintf("breakerState(%d)", int(s))
 }
 
-// openError is what Allow returns when the breaker refuses a call.
+// openError is what Execute returns when the breaker refuses a call.
 type openError struct {
 	RetryAfter time.Duration // until the next trial may be admitted
 }
@@ -41,7 +41,7 @@ func (e *openError) Error() string {
 // breakerSettings configures a breaker. Zero values of the optional fields
 // mean the documented defaults.
 type breakerSettings struct {
-	Threshold  int           // upstream faults that open the breaker …
+	Threshold  int           // faults that open the breaker …
 	Window     time.Duration // … within this sliding window
 	BackoffMin time.Duration // wait before the first trial after opening
 	BackoffMax time.Duration // the wait doubles after each failed trial, up to this
@@ -49,14 +49,14 @@ type breakerSettings struct {
 	// CloseAfter is how many consecutive successful trials close the
 	// breaker; 0 means 3.
 	CloseAfter int
-	// Jitter returns a float in [0, 1); nil means math/rand/v2.Float64.
-	// Each wait is the backoff less up to 20%, so that instances that
-	// opened together do not probe together.
-	Jitter func() float64
 	// IsFault reports whether a call's error is a fault of what the breaker
 	// guards; other errors (a refusal of a bad request, a caller that left)
 	// neither open nor close it. nil means every error is a fault.
 	IsFault func(error) bool
+	// Jitter returns a float in [0, 1); nil means math/rand/v2.Float64.
+	// Each wait is the backoff less up to 20%, so that instances that
+	// opened together do not probe together.
+	Jitter func() float64
 	// Logger receives one line per state change; nil means slog.Default().
 	Logger *slog.Logger
 	// OnChange, if not nil, is called on every state change, with the
@@ -64,45 +64,47 @@ type breakerSettings struct {
 	OnChange func(from, to breakerState)
 }
 
-// breaker is a circuit breaker for the upstream's writes.
+// breaker is a circuit breaker. Execute is its only way in.
 //
-// Closed, it counts upstream faults (not 4xx, not cancellations) in a
-// sliding window; Threshold of them open it. Open, every call fails at once
-// with an *openError. A probe goroutine, started on opening, owns recovery:
-// it waits the backoff, then moves the breaker to half-open, where real
-// client calls are admitted as trials, one at first and twice as many after
-// each success; CloseAfter consecutive successes close it, and any fault
-// opens it again with twice the backoff. No synthetic call is ever made.
+// Closed, it counts faults in a sliding window; Threshold of them open it.
+// Open, every call fails at once with an *openError. Each open period has
+// one goroutine that waits for the backoff (or for Close), turns the
+// breaker half-open if nothing else has changed it meanwhile, and ends.
+// Half-open, real calls are admitted as trials, one at first and twice as
+// many after each success; CloseAfter consecutive successes close it, and
+// any fault opens it again with twice the backoff. No synthetic call is
+// ever made.
 //
-// Each state change bumps a generation, and a call's result counts only in
-// the generation it started in, so a slow call from before a change cannot
-// move the new state. The lock guards only this bookkeeping, never a call.
+// Each state change starts a generation, and a call's outcome counts only
+// in the generation it started in, so a slow call from before a change
+// cannot move the new state. The lock guards only this bookkeeping, never a
+// call.
 type breaker struct {
-	s breakerSettings
+	s     breakerSettings
+	quit  chan struct{}  // closed by Close
+	probe sync.WaitGroup // the open period's goroutine, if any
 
-	mu          sync.Mutex // protects everything below
+	mu          sync.Mutex // protects the fields below
 	state       breakerState
 	generation  uint64
-	failures    []time.Time   // closed: fault times within the window, oldest first
+	since       time.Time     // when the current state began
+	faults      []time.Time   // closed: fault times within the window, oldest first
 	backoff     time.Duration // open: the current backoff, before jitter
-	nextTrial   time.Time     // open: when the probe goroutine turns half-open
+	nextTrial   time.Time     // open: when it turns half-open
 	trialLimit  int           // half-open: trials admitted at once
 	trialsOut   int           // half-open: trials in flight
 	successes   int           // half-open: consecutive successful trials
 	timesOpened int
-	since       time.Time // when the current state began
-	probing     bool      // a probe goroutine is running
-	shut        bool      // Close was called: start no more probes
-
-	wake chan struct{} // half-open resolved; buffered so a send never blocks
-	quit chan struct{} // closed by Close
-	done chan struct{} // closed when the current probe goroutine returns
+	shut        bool // Close was called: no more open periods are watched
 }
 
-// newBreaker returns a closed breaker. Call Close to stop its probe goroutine.
+// newBreaker returns a closed breaker. Call Close to end its goroutine.
 func newBreaker(s breakerSettings) *breaker {
 	if s.CloseAfter <= 0 {
 		s.CloseAfter = 3
+	}
+	if s.IsFault == nil {
+		s.IsFault = func(err error) bool { return err != nil }
 	}
 	if s.Jitter == nil {
 		s.Jitter = rand.Float64
@@ -110,19 +112,82 @@ func newBreaker(s breakerSettings) *breaker {
 	if s.Logger == nil {
 		s.Logger = slog.Default()
 	}
-	if s.IsFault == nil {
-		s.IsFault = func(err error) bool { return err != nil }
+	return &breaker{s: s, quit: make(chan struct{})}
+}
+
+// Execute runs call if the breaker admits it, and records how it went;
+// refused, it returns an *openError that says when to come back. Whatever
+// call does, its outcome is recorded: an error as IsFault judges it, and a
+// panic as a fault, after which the panic goes on to the caller. So no call
+// can leave a trial slot taken.
+func (b *breaker) Execute(call func() error) error {
+	t, err := b.admit(time.Now())
+	if err != nil {
+		return err
 	}
-	return &breaker{s: s, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+	panicking := true
+	defer func() {
+		if panicking {
+			b.record(t, outcomeFault, time.Now())
+		}
+	}()
+	err = call()
+	panicking = false
+	switch {
+	case err == nil:
+		b.record(t, outcomeSuccess, time.Now())
+	case b.s.IsFault(err):
+		b.record(t, outcomeFault, time.Now())
+	default:
+		b.record(t, outcomeNeutral, time.Now())
+	}
+	return err
 }
 
-// ticket is a call the breaker admitted; hand it back to record.
-type ticket struct {
-	generation uint64
-	trial      bool
+// breakerSnapshot is the breaker's state for monitoring.
+type breakerSnapshot struct {
+	State            string
+	Since            time.Time // zero before the first change
+	FailuresInWindow int
+	NextTrial        time.Time // zero unless open
+	TimesOpened      int
 }
 
-// outcome is what a call tells the breaker.
+// Snapshot returns the breaker's state.
+func (b *breaker) Snapshot() breakerSnapshot {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := breakerSnapshot{
+		State:            b.state.String(),
+		Since:            b.since,
+		FailuresInWindow: len(b.pruned(now)),
+		TimesOpened:      b.timesOpened,
+	}
+	if b.state == stateOpen {
+		s.NextTrial = b.nextTrial
+	}
+	return s
+}
+
+// Close ends the goroutine of the current open period, if any, and waits
+// for it. The breaker keeps answering afterwards, but never recovers.
+func (b *breaker) Close() {
+	b.mu.Lock()
+	if b.shut {
+		b.mu.Unlock()
+		return
+	}
+	b.shut = true
+	b.mu.Unlock()
+	close(b.quit)
+	b.probe.Wait()
+}
+
+// ticket is a call the breaker admitted, in the generation it started in.
+type ticket struct{ generation uint64 }
+
+// callOutcome is what a call tells the breaker.
 type callOutcome int
 
 const (
@@ -131,39 +196,8 @@ const (
 	outcomeNeutral             // says nothing about it (IsFault was false)
 )
 
-// Execute runs call if the breaker admits it, and records how it went;
-// refused, it returns an *openError that says when to come back. Whatever
-// call does, its outcome is recorded: an error as IsFault judges it, and a
-// panic as a fault, after which the panic goes on to the caller. So no call
-// can leave a trial slot taken.
-func (b *breaker) Execute(call func() error) error {
-	t, err := b.allow()
-	if err != nil {
-		return err
-	}
-	panicking := true
-	defer func() {
-		if panicking {
-			b.record(t, outcomeFault)
-		}
-	}()
-	err = call()
-	panicking = false
-	switch {
-	case err == nil:
-		b.record(t, outcomeSuccess)
-	case b.s.IsFault(err):
-		b.record(t, outcomeFault)
-	default:
-		b.record(t, outcomeNeutral)
-	}
-	return err
-}
-
-// allow admits a call or refuses it with an *openError that says when to
-// come back. Every admitted call must be reported with record.
-func (b *breaker) allow() (ticket, error) {
-	now := time.Now()
+// admit lets a call through or refuses it with an *openError.
+func (b *breaker) admit(now time.Time) (ticket, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state {
@@ -174,40 +208,35 @@ func (b *breaker) allow() (ticket, error) {
 			return ticket{}, &openError{RetryAfter: time.Second}
 		}
 		b.trialsOut++
-		return ticket{generation: b.generation, trial: true}, nil
 	}
-	return ticket{generation: b.generation}, nil
+	return ticket{b.generation}, nil
 }
 
-// record records the outcome of a call allow admitted.
-func (b *breaker) record(t ticket, o callOutcome) {
-	now := time.Now()
+// record applies the outcome of a call admit let through.
+func (b *breaker) record(t ticket, o callOutcome, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if t.generation != b.generation {
 		return // started before a state change: it says nothing about now
 	}
-	fault := o == outcomeFault
 	switch b.state {
 	case stateClosed:
-		if !fault {
-			return // a success does not erase recent failures
+		if o != outcomeFault {
+			return // a success does not erase recent faults
 		}
-		b.failures = append(b.pruned(now), now)
-		if len(b.failures) >= b.s.Threshold {
-			b.open(now, fmt.Sprintf("%d upstream failures within %v", len(b.failures), b.s.Window))
+		b.faults = append(b.pruned(now), now)
+		if len(b.faults) >= b.s.Threshold {
+			b.open(now, fmt.Sprintf("%d faults within %v", len(b.faults), b.s.Window))
 		}
 	case stateHalfOpen:
 		b.trialsOut--
-		switch {
-		case fault:
-			b.open(now, "trial failed")
-		case o == outcomeSuccess:
+		switch o {
+		case outcomeFault:
+			b.open(now, "a trial failed")
+		case outcomeSuccess:
 			b.successes++
 			if b.successes >= b.s.CloseAfter {
-				b.transition(stateClosed, fmt.Sprintf("%d trials succeeded", b.successes))
-				b.failures = nil
-				b.wakeProbe()
+				b.transition(stateClosed, now, fmt.Sprintf("%d trials succeeded", b.successes))
 				return
 			}
 			b.trialLimit *= 2
@@ -215,38 +244,49 @@ func (b *breaker) record(t ticket, o callOutcome) {
 	}
 }
 
-// pruned returns the failures still inside the window at now.
+// pruned drops the faults that have left the window at now (one exactly a
+// window old included) and returns the rest. b.mu must be held.
 func (b *breaker) pruned(now time.Time) []time.Time {
 	cutoff := now.Add(-b.s.Window)
 	i := 0
-	for i < len(b.failures) && !b.failures[i].After(cutoff) {
+	for i < len(b.faults) && !b.faults[i].After(cutoff) {
 		i++
 	}
-	b.failures = b.failures[i:]
-	return b.failures
+	b.faults = b.faults[i:]
+	return b.faults
 }
 
 // open moves to open, from closed with the first backoff, from half-open
-// with twice the last. b.mu must be held.
+// with twice the last, and starts the goroutine that ends this open
+// period. b.mu must be held.
 func (b *breaker) open(now time.Time, reason string) {
 	if b.state == stateClosed {
 		b.backoff = b.s.BackoffMin
 	} else {
 		b.backoff = min(2*b.backoff, b.s.BackoffMax)
 	}
-	b.nextTrial = now.Add(b.jittered(b.backoff))
-	b.failures = nil
+	wait := b.jittered(b.backoff)
+	b.nextTrial = now.Add(wait)
 	b.timesOpened++
-	b.transition(stateOpen, reason)
-	if b.probing {
-		b.wakeProbe() // it waits for half-open to end: it has
+	b.transition(stateOpen, now, reason)
+	if b.shut {
 		return
 	}
-	if !b.shut {
-		b.probing = true
-		b.done = make(chan struct{})
-		go b.probe(b.done)
-	}
+	generation := b.generation
+	b.probe.Go(func() {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-b.quit:
+			return
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.generation == generation {
+			b.transition(stateHalfOpen, time.Now(), "backoff elapsed")
+		}
+	})
 }
 
 // jittered returns d less up to 20%: never above the cap, never far below.
@@ -256,128 +296,18 @@ func (b *breaker) jittered(d time.Duration) time.Duration {
 
 // transition changes the state, starts a new generation and reports it.
 // b.mu must be held.
-func (b *breaker) transition(to breakerState, reason string) {
+func (b *breaker) transition(to breakerState, now time.Time, reason string) {
 	from := b.state
-	b.state = to
-	b.since = time.Now()
+	b.state, b.since = to, now
 	b.generation++
+	b.faults = nil
 	b.trialsOut, b.successes, b.trialLimit = 0, 0, 1
 	attrs := []any{"from", from.String(), "to", to.String(), "reason", reason}
 	if to == stateOpen {
-		attrs = append(attrs, "next_trial_in", b.nextTrial.Sub(time.Now()).Round(time.Millisecond))
+		attrs = append(attrs, "next_trial_in", b.nextTrial.Sub(now).Round(time.Millisecond))
 	}
 	b.s.Logger.Info("breaker state changed", attrs...)
 	if b.s.OnChange != nil {
 		b.s.OnChange(from, to)
 	}
-}
-
-func (b *breaker) wakeProbe() {
-	select {
-	case b.wake <- struct{}{}:
-	default: // a wake-up is pending already
-	}
-}
-
-// probe owns recovery: it waits until the next trial is due, turns the
-// breaker half-open, and waits for the trials to close it (then it returns)
-// or open it again (then it waits again). It returns at once on Close.
-func (b *breaker) probe(done chan struct{}) {
-	defer close(done)
-	for {
-		b.mu.Lock()
-		wait := time.Until(b.nextTrial)
-		b.mu.Unlock()
-		select {
-		case <-b.wake: // stale: sent for a half-open that is over
-		default:
-		}
-
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-b.quit:
-			t.Stop()
-			return
-		}
-
-		b.mu.Lock()
-		b.transition(stateHalfOpen, "backoff elapsed")
-		b.mu.Unlock()
-
-		if !b.awaitTrials() {
-			return
-		}
-	}
-}
-
-// awaitTrials waits until half-open ends. It reports true if the breaker
-// opened again (the probe goes on) and false if it closed or was shut down
-// (the probe ends).
-func (b *breaker) awaitTrials() bool {
-	for {
-		select {
-		case <-b.wake:
-		case <-b.quit:
-			return false
-		}
-		b.mu.Lock()
-		state := b.state
-		if state == stateClosed {
-			b.probing = false
-		}
-		b.mu.Unlock()
-		if state != stateHalfOpen {
-			return state == stateOpen
-		}
-	}
-}
-
-// Close stops the probe goroutine, if any, and waits for it to return. The
-// breaker keeps answering Allow afterwards, but never recovers.
-func (b *breaker) Close() {
-	b.mu.Lock()
-	if b.shut {
-		b.mu.Unlock()
-		return
-	}
-	b.shut = true
-	done := b.done
-	b.mu.Unlock()
-	close(b.quit)
-	if done != nil {
-		<-done
-	}
-}
-
-// breakerSnapshot is the breaker as GET /health shows it.
-type breakerSnapshot struct {
-	State            string     `json:"state"`
-	Since            *time.Time `json:"since,omitempty"`
-	FailuresInWindow int        `json:"failuresInWindow"`
-	NextTrialAt      *time.Time `json:"nextTrialAt,omitempty"`
-	RetryAfterSecs   int        `json:"retryAfterSeconds,omitempty"`
-	TimesOpened      int        `json:"timesOpened"`
-}
-
-// Snapshot returns the breaker's state for monitoring.
-func (b *breaker) Snapshot() breakerSnapshot {
-	now := time.Now()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := breakerSnapshot{
-		State:            b.state.String(),
-		FailuresInWindow: len(b.pruned(now)),
-		TimesOpened:      b.timesOpened,
-	}
-	if !b.since.IsZero() {
-		since := b.since.UTC()
-		s.Since = &since
-	}
-	if b.state == stateOpen {
-		next := b.nextTrial.UTC()
-		s.NextTrialAt = &next
-		s.RetryAfterSecs = retrySeconds(next.Sub(now))
-	}
-	return s
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -46,15 +47,25 @@ func call(t *testing.T, b *breaker, result error) {
 	}
 }
 
-// finish records the result of a call admitted by allow, as Execute would.
-func finish(b *breaker, tk ticket, err error) {
-	switch {
-	case err == nil:
-		b.record(tk, outcomeSuccess)
-	case b.s.IsFault(err):
-		b.record(tk, outcomeFault)
+// begin starts a call through b that runs until finish is called, then
+// ends with result. It reports whether b admitted the call; inside a
+// synctest bubble only.
+func begin(b *breaker, result error) (admitted bool, finish func()) {
+	ran, release, done := make(chan struct{}, 1), make(chan struct{}), make(chan error, 1)
+	go func() {
+		done <- b.Execute(func() error {
+			ran <- struct{}{}
+			<-release
+			return result
+		})
+	}()
+	synctest.Wait()
+	select {
+	case <-ran:
+		return true, func() { close(release); <-done; synctest.Wait() }
 	default:
-		b.record(tk, outcomeNeutral)
+		<-done
+		return false, func() {}
 	}
 }
 
@@ -81,8 +92,8 @@ func TestBreakerWindowSlides(t *testing.T) {
 		time.Sleep(10 * time.Second)
 		call(t, b, errFault) // t=10s
 		call(t, b, nil)      // a success erases nothing
-		time.Sleep(21 * time.Second)
-		call(t, b, errFault) // t=31s: the first fault has slid out
+		time.Sleep(20 * time.Second)
+		call(t, b, errFault) // t=30s: the first fault, exactly a window old, has left it
 		wantState(t, b, stateClosed)
 		if n := b.Snapshot().FailuresInWindow; n != 2 {
 			t.Errorf("failures in window = %d; want 2", n)
@@ -111,10 +122,13 @@ func TestBreakerOpenRefusesWithRetryAfter(t *testing.T) {
 		trip(t, b)
 		wantState(t, b, stateOpen)
 		time.Sleep(1500 * time.Millisecond)
-		_, err := b.allow()
+		err := b.Execute(func() error {
+			t.Error("a call ran while the breaker was open")
+			return nil
+		})
 		var oe *openError
 		if !errors.As(err, &oe) || oe.RetryAfter != 3500*time.Millisecond {
-			t.Fatalf("Allow while open = %v; want an openError with 3.5s to wait", err)
+			t.Fatalf("Execute while open = %v; want an openError with 3.5s to wait", err)
 		}
 		if ae := toAPIError(err); ae.Status != 503 || retrySeconds(ae.RetryAfter) != 4 {
 			t.Errorf("client sees %d, Retry-After %d; want 503, 4", ae.Status, retrySeconds(ae.RetryAfter))
@@ -158,7 +172,7 @@ func TestBreakerJitterStaysWithinBounds(t *testing.T) {
 }
 
 // TestBreakerHalfOpenRampsUpThenCloses checks that half-open admits one
-// trial, then two, and closes after three successes.
+// trial, then two, and closes after the third success, not before.
 func TestBreakerHalfOpenRampsUpThenCloses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
@@ -166,80 +180,74 @@ func TestBreakerHalfOpenRampsUpThenCloses(t *testing.T) {
 		time.Sleep(5 * time.Second)
 		wantState(t, b, stateHalfOpen)
 
-		first, err := b.allow()
-		if err != nil {
-			t.Fatalf("first trial refused: %v", err)
+		ok, finish := begin(b, errClient)
+		if !ok {
+			t.Fatal("the first trial was refused")
 		}
-		if _, err := b.allow(); err == nil {
+		if ok, _ := begin(b, nil); ok {
 			t.Fatal("a second concurrent trial was admitted; want one at a time")
 		}
-		finish(b, first, errClient) // a 4xx frees the slot, decides nothing
+		finish() // a 4xx frees the slot, decides nothing
 		wantState(t, b, stateHalfOpen)
-		call(t, b, nil)
+		call(t, b, nil) // success 1
 
-		t1, err1 := b.allow()
-		t2, err2 := b.allow()
-		_, err3 := b.allow()
-		if err1 != nil || err2 != nil || err3 == nil {
-			t.Fatalf("after one success: trials admitted %v %v %v; want two of three", err1, err2, err3)
+		ok1, finish1 := begin(b, nil)
+		ok2, finish2 := begin(b, nil)
+		ok3, _ := begin(b, nil)
+		if !ok1 || !ok2 || ok3 {
+			t.Fatalf("after one success: trials admitted %v %v %v; want two of three", ok1, ok2, ok3)
 		}
-		finish(b, t1, nil)
-		finish(b, t2, nil)
+		finish1() // success 2
+		wantState(t, b, stateHalfOpen)
+		finish2() // success 3
 		wantState(t, b, stateClosed)
 	})
 }
 
-// TestBreakerIgnoresResultsFromAnEarlierGeneration checks that a call that
-// began before the breaker opened cannot count as a trial.
+// TestBreakerIgnoresResultsFromAnEarlierGeneration checks that calls that
+// began before the breaker opened count for nothing when they end.
 func TestBreakerIgnoresResultsFromAnEarlierGeneration(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
-		slow, _ := b.allow()
+		_, slowSuccess := begin(b, nil)
+		_, slowFault := begin(b, errFault)
 		trip(t, b)
 		time.Sleep(5 * time.Second)
 		wantState(t, b, stateHalfOpen)
-		finish(b, slow, nil) // began while closed
-		finish(b, slow, errFault)
+		slowSuccess()
+		slowFault()
 		wantState(t, b, stateHalfOpen)
-		if _, err := b.allow(); err != nil {
-			t.Errorf("the trial slot was taken by an old result: %v", err)
+		if ok, finish := begin(b, nil); !ok {
+			t.Error("the trial slot was taken by an old result")
+		} else {
+			finish()
 		}
 	})
 }
 
-func TestBreakerProbeEndsWhenClosedAndOnShutdown(t *testing.T) {
+// TestBreakerCloseEndsItsGoroutineAtOnce: Close, while an open period's
+// goroutine waits for the next trial, returns at once (it does not wait
+// for the backoff), and nothing turns the breaker half-open afterwards.
+func TestBreakerCloseEndsItsGoroutineAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
 		trip(t, b)
-		done := b.done
-		time.Sleep(5 * time.Second)
-		wantState(t, b, stateHalfOpen)
-		for range 3 {
-			call(t, b, nil)
-		}
-		wantState(t, b, stateClosed)
-		select {
-		case <-done:
-		default:
-			t.Fatal("the probe goroutine still runs after the breaker closed")
-		}
-
-		trip(t, b)
 		wantState(t, b, stateOpen)
-		b.Close() // returns only once the new probe has ended
-		select {
-		case <-b.done:
-		default:
-			t.Fatal("the probe goroutine still runs after Close")
+		start := time.Now()
+		b.Close()
+		if waited := time.Since(start); waited != 0 {
+			t.Errorf("Close took %v; want it to end the waiting goroutine at once", waited)
 		}
 		time.Sleep(time.Minute)
-		wantState(t, b, stateOpen) // nothing recovers it any more
+		wantState(t, b, stateOpen)
+		b.Close() // a second Close is harmless
 	})
 }
 
 // TestBreakerUnderConcurrentCallers hammers the breaker from hundreds of
-// goroutines (run it with -race) while it opens and recovers, and checks
-// that its bookkeeping stays consistent.
+// goroutines (run it with -race) while it opens and recovers; afterwards
+// its bookkeeping must let it recover as a fresh one would: no trial slot
+// left taken.
 func TestBreakerUnderConcurrentCallers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0.5)
@@ -249,31 +257,30 @@ func TestBreakerUnderConcurrentCallers(t *testing.T) {
 			wg.Go(func() {
 				r := rand.New(rand.NewPCG(uint64(i), 1))
 				for range 50 {
-					tk, err := b.allow()
-					if err != nil {
+					err := b.Execute(func() error {
+						admitted.Add(1)
+						time.Sleep(time.Duration(r.IntN(100)) * time.Millisecond)
+						if r.IntN(10) == 0 {
+							return errFault
+						}
+						return nil
+					})
+					if _, open := err.(*openError); open {
 						refused.Add(1)
 						time.Sleep(time.Second)
-						continue
 					}
-					admitted.Add(1)
-					time.Sleep(time.Duration(r.IntN(100)) * time.Millisecond)
-					var result error
-					if r.IntN(10) == 0 {
-						result = errFault
-					}
-					finish(b, tk, result)
 				}
 			})
 		}
 		wg.Wait()
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if b.trialsOut < 0 || b.trialsOut > b.trialLimit {
-			t.Errorf("trials out %d with limit %d", b.trialsOut, b.trialLimit)
+		if admitted.Load() == 0 || refused.Load() == 0 || b.Snapshot().TimesOpened == 0 {
+			t.Fatalf("admitted %d, refused %d, opened %d times: the breaker was not exercised", admitted.Load(), refused.Load(), b.Snapshot().TimesOpened)
 		}
-		if admitted.Load() == 0 || refused.Load() == 0 || b.timesOpened == 0 {
-			t.Errorf("admitted %d, refused %d, opened %d times: the breaker was not exercised", admitted.Load(), refused.Load(), b.timesOpened)
+		time.Sleep(2 * time.Minute) // past the longest backoff: closed or half-open now …
+		for range 3 {               // … and a healthy upstream closes it, as the ramp says
+			call(t, b, nil)
 		}
+		wantState(t, b, stateClosed)
 	})
 }
 
@@ -293,7 +300,7 @@ func TestBreakerEndToEnd(t *testing.T) {
 			case "open":
 				// A call admitted while closed may arrive in the very
 				// instant the breaker opens; one arriving later is a leak.
-				if time.Now().After(*s.Since) {
+				if time.Now().After(s.Since) {
 					inOpen.Add(1)
 				}
 			case "half-open":
@@ -327,10 +334,7 @@ func TestBreakerEndToEnd(t *testing.T) {
 		if n := maxTrials.Load(); n > 4 {
 			t.Errorf("up to %d trials in flight while half-open; want the ramp's 1, 2, 4", n)
 		}
-		g.metrics.mu.Lock()
-		closes := g.metrics.transitions[labels{"half-open", "closed"}]
-		g.metrics.mu.Unlock()
-		if closes == 0 {
+		if strings.Contains(g.get("/metrics").Body.String(), `eventgate_breaker_transitions_total{from="half-open",to="closed"}`) == false {
 			t.Error("the breaker never closed by itself")
 		}
 		accepted := 0
@@ -381,10 +385,15 @@ func TestOpenBreakerAnswers503WithoutCallingTheUpstream(t *testing.T) {
 			t.Errorf("GET /getUsers = %d; reads do not pass the write breaker, want the upstream's 502", rec.Code)
 		}
 		var health struct {
-			Breaker breakerSnapshot `json:"breaker"`
+			Breaker struct {
+				State       string     `json:"state"`
+				TimesOpened int        `json:"timesOpened"`
+				RetryAfter  int        `json:"retryAfterSeconds"`
+				NextTrialAt *time.Time `json:"nextTrialAt"`
+			} `json:"breaker"`
 		}
 		json.Unmarshal(g.get("/health").Body.Bytes(), &health)
-		if b := health.Breaker; b.State != "open" || b.TimesOpened != 1 || b.RetryAfterSecs != 4 || b.NextTrialAt == nil {
+		if b := health.Breaker; b.State != "open" || b.TimesOpened != 1 || b.RetryAfter != 4 || b.NextTrialAt == nil || b.NextTrialAt.Before(time.Now().Add(3*time.Second)) || b.NextTrialAt.After(time.Now().Add(4*time.Second)) {
 			t.Errorf("/health breaker = %+v; want open once, next trial in 4s", b)
 		}
 	})

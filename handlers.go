@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // services are the dependencies the handlers share.
@@ -109,14 +110,32 @@ func handleEventsByUser(up *upstream, loader *eventLoader) http.Handler {
 	})
 }
 
-// handleHealth is the liveness check: cheap, no upstream call.
+// handleHealth is the liveness check: cheap, no upstream call. It shows
+// the breaker, with its times as the JSON of RFC 3339 and whole seconds.
 func handleHealth(br *breaker, m *metrics) http.Handler {
+	type breakerJSON struct {
+		State            string     `json:"state"`
+		Since            *time.Time `json:"since,omitempty"`
+		FailuresInWindow int        `json:"failuresInWindow"`
+		NextTrialAt      *time.Time `json:"nextTrialAt,omitempty"`
+		RetryAfterSecs   int        `json:"retryAfterSeconds,omitempty"`
+		TimesOpened      int        `json:"timesOpened"`
+	}
+	utc := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		t = t.UTC()
+		return &t
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		encode(w, http.StatusOK, map[string]any{
-			"status":     "ok",
-			"breaker":    br.Snapshot(),
-			"goroutines": m.goroutines(),
-		})
+		s := br.Snapshot()
+		b := breakerJSON{State: s.State, Since: utc(s.Since), FailuresInWindow: s.FailuresInWindow,
+			NextTrialAt: utc(s.NextTrial), TimesOpened: s.TimesOpened}
+		if !s.NextTrial.IsZero() {
+			b.RetryAfterSecs = retrySeconds(time.Until(s.NextTrial))
+		}
+		encode(w, http.StatusOK, map[string]any{"status": "ok", "breaker": b, "goroutines": m.goroutines()})
 	})
 }
 
