@@ -1,75 +1,16 @@
 package main
 
+// The handlers, one maker per endpoint: each takes its dependencies and
+// returns an http.Handler.
+
 import (
 	"context"
-	"encoding/json"
-	"log/slog"
+	"crypto/rand"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 )
-
-// services are the dependencies the handlers share.
-type services struct {
-	up      *upstream
-	loader  *eventLoader      // events by id: bounded fan-out, cache, coalescing
-	breaker *breaker          // guards POST /addEvent
-	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
-	metrics *metrics
-	ready   *atomic.Bool // false once shutdown has begun
-}
-
-// Close ends the goroutines the services own (the cache's lookups, the
-// breaker's probe) and the idle upstream connections. Call it after the
-// server has stopped serving.
-func (s services) Close() {
-	s.loader.Cache.Close()
-	s.breaker.Close()
-	s.up.client.CloseIdleConnections()
-}
-
-// route is one entry of the API: a ServeMux pattern and its handler.
-type route struct {
-	pattern string
-	handler http.Handler
-}
-
-// routes lists the whole API. openapi.yaml documents the same list, and a
-// test keeps the two in step.
-func routes(cfg config, s services) []route {
-	return []route{
-		{"GET /getUsers", handleList(s.up.Users)},
-		{"GET /getEvents", handleList(s.up.Events)},
-		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader)},
-		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys))},
-		{"GET /health", handleHealth(s.breaker, s.metrics)},
-		{"GET /ready", handleReady(s.ready)},
-		{"GET /metrics", s.metrics},
-	}
-}
-
-// newServer returns the gateway's whole HTTP API, wrapped in the middleware
-// every request passes through.
-func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
-	mux := http.NewServeMux()
-	for _, r := range routes(cfg, s) {
-		mux.Handle(r.pattern, r.handler)
-	}
-	mux.Handle("/", handleNoRoute(mux))
-	return withMiddleware(logger, cfg, s.metrics, mux)
-}
-
-// apiHandler is a handler that returns its error instead of writing it, so
-// that one place, writeError, turns every error into the client's answer.
-type apiHandler func(w http.ResponseWriter, r *http.Request) error
-
-func (h apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if err := h(w, r); err != nil {
-		writeError(w, r, err)
-	}
-}
 
 // handleList serves a list endpoint by passing the upstream's JSON array
 // through unchanged: it was checked to be a JSON array, and decoding and
@@ -151,99 +92,54 @@ func handleReady(ready *atomic.Bool) http.Handler {
 	})
 }
 
-// probeMethods are the methods tried to tell a 405 from a 404.
-var probeMethods = []string{
-	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
-	http.MethodPatch, http.MethodDelete, http.MethodOptions,
-}
+// handleAddEvent stores a new event upstream under a fresh id. Writes pass
+// the circuit breaker; with an Idempotency-Key, a retried request reuses
+// its first id, so the upstream (which stores an id once) never holds it twice.
+func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore) http.Handler {
+	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		body, err := readWriteBody(w, r, maxAddEventBody, up.timeout)
+		if err != nil {
+			return err
+		}
+		req, err := parseAddEvent(r.Header.Get("Content-Type"), body)
+		if err != nil {
+			return err
+		}
 
-// handleNoRoute answers what no route matched. Because "/" matches every
-// method, ServeMux routes a wrong method here instead of writing its own
-// plain-text 405; so this asks mux which methods the path has and answers
-// 405 with Allow, or 404, in JSON either way.
-func handleNoRoute(mux *http.ServeMux) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var allow []string
-		for _, m := range probeMethods {
-			probe := r.Clone(r.Context())
-			probe.Method = m
-			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
-				allow = append(allow, m)
+		id := newEventID()
+		stored := false // set only once the upstream has confirmed the write
+		if key := r.Header.Get("Idempotency-Key"); key != "" {
+			claim, err := keys.Begin(key, req.fingerprint(), id)
+			if err != nil {
+				return err
 			}
+			if claim.Done {
+				w.Header().Set("Idempotent-Replayed", "true")
+				encode(w, http.StatusOK, map[string]any{"success": true, "id": claim.ID})
+				return nil
+			}
+			id = claim.ID
+			// Deferred, so that the key is free again whatever happens
+			// below, a panic included.
+			defer func() { keys.Finish(key, stored) }()
 		}
-		if len(allow) == 0 {
-			writeError(w, r, errorf(http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path))
-			return
+
+		ev := newEvent{ID: id, Name: req.Name, UserID: req.UserID, Details: req.Details}
+		err = br.Execute(func() error { return up.AddEvent(r.Context(), ev) })
+		if isNotFound(err) {
+			return errorf(http.StatusNotFound, "user %q not found", req.UserID)
 		}
-		w.Header().Set("Allow", strings.Join(allow, ", "))
-		writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
-			r.Method, r.URL.Path, strings.Join(allow, " or ")))
+		if err != nil {
+			return err
+		}
+		stored = true
+		encode(w, http.StatusOK, map[string]any{"success": true, "id": id})
+		return nil
 	})
 }
 
-// writeArray answers 200 with items as one JSON array, written piece by
-// piece: neither decoded again nor copied into one more buffer as large as
-// the answer.
-func writeArray(w http.ResponseWriter, items []json.RawMessage) {
-	n := 3 // "[", "]" and the newline
-	for _, it := range items {
-		n += len(it) + 1
-	}
-	if len(items) > 0 {
-		n-- // one comma fewer than items
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(n))
-	w.WriteHeader(http.StatusOK)
-	sep := []byte{'['}
-	for _, it := range items {
-		w.Write(sep)
-		w.Write(it)
-		sep[0] = ','
-	}
-	if len(items) == 0 {
-		w.Write(sep)
-	}
-	w.Write([]byte("]\n"))
-}
-
-// encode writes v as the JSON answer with the given status.
-func encode(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		// Only our own types are encoded here: a failure is a bug.
-		status, body = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
-	}
-	writeRaw(w, status, body)
-}
-
-// writeRaw writes body, which is already JSON, with the given status.
-func writeRaw(w http.ResponseWriter, status int, body []byte) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
-	w.WriteHeader(status)
-	w.Write(body)
-	w.Write([]byte{'\n'})
-}
-
-// writeError writes err as {"error": "..."} with the status toAPIError
-// gives it, and logs what the client is not told.
-func writeError(w http.ResponseWriter, r *http.Request, err error) {
-	ae := toAPIError(err)
-	logger := loggerFrom(r.Context())
-	if ae.Status >= 500 {
-		logger.WarnContext(r.Context(), "request failed", "status", ae.Status, "err", err)
-	} else {
-		logger.DebugContext(r.Context(), "request refused", "status", ae.Status, "err", err)
-	}
-	if ae.RetryAfter > 0 || ae.Status == http.StatusServiceUnavailable {
-		// Every 503 says when to come back: at least a second, even when
-		// the next breaker trial is due this instant.
-		w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(ae.RetryAfter)))
-	}
-	body := map[string]any{"error": ae.Message}
-	if len(ae.Problems) > 0 {
-		body["problems"] = ae.Problems
-	}
-	encode(w, ae.Status, body)
+// newEventID returns a new random event id. It comes from crypto/rand, so
+// two requests in the same instant, or on two instances, never collide.
+func newEventID() string {
+	return "event-" + strings.ToLower(rand.Text())
 }

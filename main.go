@@ -119,50 +119,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return serve(ctx, srv, cfg, logger, "eventgate listening", s.ready, limit, attrs...)
 }
 
-// wire builds the gateway's parts from cfg; run and the tests share it.
-// transport nil means the tuned transport for real upstreams. The caller
-// must Close what it returns.
-func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.RoundTripper) services {
-	m := newMetrics()
-	br := newBreaker(breakerSettings{
-		Threshold:  cfg.BreakerThreshold,
-		Window:     cfg.BreakerWindow,
-		BackoffMin: cfg.BreakerBackoffMin,
-		BackoffMax: cfg.BreakerBackoffMax,
-		IsFault:    upstreamFault, // the one place that says what the upstream is to blame for
-		Logger:     logger,
-		OnChange:   m.breakerChanged,
-	})
-	up := newUpstream(upstreamOptions{
-		BaseURL:       upstreamURL,
-		Timeout:       cfg.UpstreamTimeout,
-		MaxInflight:   cfg.UpstreamMaxInflight,
-		Retry:         defaultRetryPolicy(),
-		MaxUserEvents: cfg.MaxUserEvents,
-		MaxRetryAfter: cfg.BreakerBackoffMax,
-		Metrics:       m,
-		Transport:     transport,
-	})
-	cache := newEventCache(cacheOptions{
-		Fetch:        up.Event,
-		TTL:          cfg.EventCacheTTL,
-		Size:         cfg.EventCacheSize,
-		MaxBytes:     cfg.EventCacheBytes,
-		MaxRefreshes: cfg.FanoutLimit, // background work no larger than one request's
-		Metrics:      m,
-	})
-	ready := new(atomic.Bool)
-	ready.Store(true)
-	return services{
-		up:      up,
-		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
-		breaker: br,
-		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
-		metrics: m,
-		ready:   ready,
-	}
-}
-
 // newHTTPServer returns a server whose timeouts are chosen, not defaulted.
 func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server {
 	return &http.Server{

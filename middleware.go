@@ -13,110 +13,141 @@ import (
 	"time"
 )
 
-type ctxKey int
+// Small adapters that every request passes through. newServer composes
+// them in one visible order; each does one thing.
 
-const (
-	requestIDKey ctxKey = iota
-	loggerKey
-)
+// middleware is an adapter around a handler.
+type middleware func(http.Handler) http.Handler
 
-// requestIDFrom returns the request id stored in ctx, or "".
-func requestIDFrom(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
+// chain wraps h in mws, the first outermost: chain(h, a, b) is a(b(h)).
+func chain(h http.Handler, mws ...middleware) http.Handler {
+	for i := len(mws) - 1; i >= 0; i-- {
+		h = mws[i](h)
+	}
+	return h
 }
 
-// loggerFrom returns the request's logger, which carries its request id.
-func loggerFrom(ctx context.Context) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
-		return l
-	}
-	return slog.Default()
+// withSecurityHeaders marks every answer as not to be sniffed or stored.
+func withSecurityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
 }
 
 // maxRequestIDLength bounds a client's X-Request-ID, which goes into logs
 // and upstream headers.
 const maxRequestIDLength = 128
 
-// withMiddleware wraps the mux in what every request passes through, in
-// order: security headers, request id and logger, access log and metrics,
-// panic recovery, the request deadline, and the canonical-path check.
-func withMiddleware(logger *slog.Logger, cfg config, m *metrics, mux http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Cache-Control", "no-store")
+// withRequestID gives the request an id (the client's X-Request-ID if it
+// is short visible ASCII, else a new one), echoes it, and puts it and a
+// logger that carries it in the request's context.
+func withRequestID(logger *slog.Logger) middleware {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get("X-Request-ID")
+			if id == "" || len(id) > maxRequestIDLength || !printableASCII(id) {
+				id = rand.Text()
+			}
+			w.Header().Set("X-Request-ID", id)
+			next.ServeHTTP(w, r.WithContext(withRequest(r.Context(), id, logger.With("request_id", id))))
+		})
+	}
+}
 
-		id := r.Header.Get("X-Request-ID")
-		if id == "" || len(id) > maxRequestIDLength || !printableASCII(id) {
-			id = rand.Text()
-		}
-		h.Set("X-Request-ID", id)
-		reqLogger := logger.With("request_id", id)
-		ctx := context.WithValue(r.Context(), requestIDKey, id)
-		ctx = context.WithValue(ctx, loggerKey, reqLogger)
-		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
-		defer cancel()
-		r = r.WithContext(ctx)
+// withDeadline bounds the whole request, fan-out included.
+func withDeadline(d time.Duration) middleware {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), d)
+			defer cancel()
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
 
-		rec := &statusRecorder{ResponseWriter: w}
-		defer func() {
-			// r.Pattern is set by the mux on this same *Request.
+// withAccessLog logs one line per request and counts it in m, by route
+// pattern and status. It must sit outside every adapter that could answer
+// (recovery included), and inside those that replace the request, because
+// the mux sets the pattern on the *Request it is given.
+func withAccessLog(m *metrics) middleware {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			rec := &statusRecorder{ResponseWriter: w}
+			next.ServeHTTP(rec, r)
 			route := r.Pattern
 			if route == "" || route == "/" {
 				route = "unmatched"
 			}
 			d := time.Since(start)
 			m.observeRequest(route, rec.status(), d)
-			reqLogger.LogAttrs(ctx, slog.LevelInfo, "request",
+			loggerFrom(r.Context()).LogAttrs(r.Context(), slog.LevelInfo, "request",
 				slog.String("method", r.Method),
 				slog.String("route", route),
 				slog.Int("status", rec.status()),
 				slog.Duration("duration", d),
 			)
-		}()
-		defer recoverPanic(rec, r)
+		})
+	}
+}
 
-		if r.RequestURI == "*" {
-			// "OPTIONS *" asks about the server as a whole (RFC 9110); no
-			// other method may use that target. ServeMux would answer both
-			// with an empty body.
-			if r.Method != http.MethodOptions {
-				writeError(rec, r, errorf(http.StatusBadRequest, "the request target * is only for OPTIONS"))
+// withRecovery turns a panic in a handler into a logged 500: the client
+// gets a JSON error, never a stack. http.ErrAbortHandler is re-raised,
+// because it is net/http's way to drop a connection on purpose.
+func withRecovery(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec, ok := w.(*statusRecorder)
+		if !ok {
+			rec = &statusRecorder{ResponseWriter: w}
+		}
+		defer func() {
+			v := recover()
+			if v == nil {
 				return
 			}
-			h.Set("Allow", "GET, HEAD, POST, OPTIONS")
-			encode(rec, http.StatusOK, map[string][]string{"methods": {"GET", "HEAD", "POST", "OPTIONS"}})
-			return
-		}
-
-		if r.URL.Path != path.Clean(r.URL.Path) || r.URL.Path == "" {
-			// ServeMux would answer an unclean path ("/a/../b") with a
-			// redirect; a gateway answers it as the bad input it is.
-			writeError(rec, r, errorf(http.StatusBadRequest, "path %q is not canonical", r.URL.Path))
-			return
-		}
-		mux.ServeHTTP(rec, r)
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			loggerFrom(r.Context()).ErrorContext(r.Context(), "handler panicked",
+				"panic", v, "stack", string(debug.Stack()))
+			if rec.code == 0 {
+				writeError(rec, r, errorf(http.StatusInternalServerError, "internal error"))
+			}
+		}()
+		next.ServeHTTP(rec, r)
 	})
 }
 
-// recoverPanic turns a panic in a handler into a logged 500: the client gets
-// a JSON error, never a stack. http.ErrAbortHandler is re-raised, because it
-// is net/http's way to drop a connection on purpose.
-func recoverPanic(w *statusRecorder, r *http.Request) {
-	v := recover()
-	if v == nil {
-		return
-	}
-	if v == http.ErrAbortHandler {
-		panic(v)
-	}
-	loggerFrom(r.Context()).ErrorContext(r.Context(), "handler panicked",
-		"panic", v, "stack", string(debug.Stack()))
-	if w.code == 0 {
-		writeError(w, r, errorf(http.StatusInternalServerError, "internal error"))
-	}
+// withStarTarget answers the request target "*": "OPTIONS *" asks about the
+// server as a whole (RFC 9110), and no other method may use it. ServeMux
+// would answer both with an empty body.
+func withStarTarget(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.RequestURI != "*":
+			next.ServeHTTP(w, r)
+		case r.Method != http.MethodOptions:
+			writeError(w, r, errorf(http.StatusBadRequest, "the request target * is only for OPTIONS"))
+		default:
+			w.Header().Set("Allow", "GET, HEAD, POST, OPTIONS")
+			encode(w, http.StatusOK, map[string][]string{"methods": {"GET", "HEAD", "POST", "OPTIONS"}})
+		}
+	})
+}
+
+// withCanonicalPath refuses a path that is not clean ("/a/../b"), which
+// ServeMux would answer with a redirect: a gateway answers it as the bad
+// input it is.
+func withCanonicalPath(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path.Clean(r.URL.Path) || r.URL.Path == "" {
+			writeError(w, r, errorf(http.StatusBadRequest, "path %q is not canonical", r.URL.Path))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // requireToken protects next with a bearer token when token is not empty.

@@ -1,12 +1,95 @@
 package main
 
+// Answers: the error type a client sees, its one mapping from every error
+// to an HTTP status and a sentence for a person (toAPIError), and writing
+// JSON answers.
+
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"time"
 )
+
+// apiHandler is a handler that returns its error instead of writing it, so
+// that one place, writeError, turns every error into the client's answer.
+type apiHandler func(w http.ResponseWriter, r *http.Request) error
+
+func (h apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := h(w, r); err != nil {
+		writeError(w, r, err)
+	}
+}
+
+// writeArray answers 200 with items as one JSON array, written piece by
+// piece: neither decoded again nor copied into one more buffer as large as
+// the answer.
+func writeArray(w http.ResponseWriter, items []json.RawMessage) {
+	n := 3 // "[", "]" and the newline
+	for _, it := range items {
+		n += len(it) + 1
+	}
+	if len(items) > 0 {
+		n-- // one comma fewer than items
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(n))
+	w.WriteHeader(http.StatusOK)
+	sep := []byte{'['}
+	for _, it := range items {
+		w.Write(sep)
+		w.Write(it)
+		sep[0] = ','
+	}
+	if len(items) == 0 {
+		w.Write(sep)
+	}
+	w.Write([]byte("]\n"))
+}
+
+// encode writes v as the JSON answer with the given status.
+func encode(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Only our own types are encoded here: a failure is a bug.
+		status, body = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+	}
+	writeRaw(w, status, body)
+}
+
+// writeRaw writes body, which is already JSON, with the given status.
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(status)
+	w.Write(body)
+	w.Write([]byte{'\n'})
+}
+
+// writeError writes err as {"error": "..."} with the status toAPIError
+// gives it, and logs what the client is not told.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	ae := toAPIError(err)
+	logger := loggerFrom(r.Context())
+	if ae.Status >= 500 {
+		logger.WarnContext(r.Context(), "request failed", "status", ae.Status, "err", err)
+	} else {
+		logger.DebugContext(r.Context(), "request refused", "status", ae.Status, "err", err)
+	}
+	if ae.RetryAfter > 0 || ae.Status == http.StatusServiceUnavailable {
+		// Every 503 says when to come back: at least a second, even when
+		// the next breaker trial is due this instant.
+		w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(ae.RetryAfter)))
+	}
+	body := map[string]any{"error": ae.Message}
+	if len(ae.Problems) > 0 {
+		body["problems"] = ae.Problems
+	}
+	encode(w, ae.Status, body)
+}
 
 // apiError is an error as a client sees it: a status, a sentence for a
 // person, and optionally the problems with each field of the request.

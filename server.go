@@ -1,0 +1,144 @@
+package main
+
+// The gateway assembled: the services the handlers share and their Close,
+// how they are built from the configuration (wire), the whole API in one
+// list (routes), and the middleware around it (newServer).
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+)
+
+// services are the dependencies the handlers share.
+type services struct {
+	up      *upstream
+	loader  *eventLoader      // events by id: bounded fan-out, cache, coalescing
+	breaker *breaker          // guards POST /addEvent
+	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
+	metrics *metrics
+	ready   *atomic.Bool // false once shutdown has begun
+}
+
+// Close ends the goroutines the services own (the cache's lookups, the
+// breaker's probe) and the idle upstream connections. Call it after the
+// server has stopped serving.
+func (s services) Close() {
+	s.loader.Cache.Close()
+	s.breaker.Close()
+	s.up.client.CloseIdleConnections()
+}
+
+// wire builds the gateway's parts from cfg; run and the tests share it.
+// transport nil means the tuned transport for real upstreams. The caller
+// must Close what it returns.
+func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.RoundTripper) services {
+	m := newMetrics()
+	br := newBreaker(breakerSettings{
+		Threshold:  cfg.BreakerThreshold,
+		Window:     cfg.BreakerWindow,
+		BackoffMin: cfg.BreakerBackoffMin,
+		BackoffMax: cfg.BreakerBackoffMax,
+		IsFault:    upstreamFault, // the one place that says what the upstream is to blame for
+		Logger:     logger,
+		OnChange:   m.breakerChanged,
+	})
+	up := newUpstream(upstreamOptions{
+		BaseURL:       upstreamURL,
+		Timeout:       cfg.UpstreamTimeout,
+		MaxInflight:   cfg.UpstreamMaxInflight,
+		Retry:         defaultRetryPolicy(),
+		MaxUserEvents: cfg.MaxUserEvents,
+		MaxRetryAfter: cfg.BreakerBackoffMax,
+		Metrics:       m,
+		Transport:     transport,
+	})
+	cache := newEventCache(cacheOptions{
+		Fetch:        up.Event,
+		TTL:          cfg.EventCacheTTL,
+		Size:         cfg.EventCacheSize,
+		MaxBytes:     cfg.EventCacheBytes,
+		MaxRefreshes: cfg.FanoutLimit, // background work no larger than one request's
+		Metrics:      m,
+	})
+	ready := new(atomic.Bool)
+	ready.Store(true)
+	return services{
+		up:      up,
+		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
+		breaker: br,
+		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
+		metrics: m,
+		ready:   ready,
+	}
+}
+
+// route is one entry of the API: a ServeMux pattern and its handler.
+type route struct {
+	pattern string
+	handler http.Handler
+}
+
+// routes lists the whole API. openapi.yaml documents the same list, and a
+// test keeps the two in step.
+func routes(cfg config, s services) []route {
+	return []route{
+		{"GET /getUsers", handleList(s.up.Users)},
+		{"GET /getEvents", handleList(s.up.Events)},
+		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader)},
+		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys))},
+		{"GET /health", handleHealth(s.breaker, s.metrics)},
+		{"GET /ready", handleReady(s.ready)},
+		{"GET /metrics", s.metrics},
+	}
+}
+
+// newServer returns the gateway's whole HTTP API, wrapped in the middleware
+// every request passes through.
+func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
+	mux := http.NewServeMux()
+	for _, r := range routes(cfg, s) {
+		mux.Handle(r.pattern, r.handler)
+	}
+	mux.Handle("/", handleNoRoute(mux))
+	return chain(mux, // outermost first
+		withSecurityHeaders,
+		withRequestID(logger),
+		withDeadline(cfg.RequestTimeout),
+		withAccessLog(s.metrics),
+		withRecovery,
+		withStarTarget,
+		withCanonicalPath,
+	)
+}
+
+// probeMethods are the methods tried to tell a 405 from a 404.
+var probeMethods = []string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+	http.MethodPatch, http.MethodDelete, http.MethodOptions,
+}
+
+// handleNoRoute answers what no route matched. Because "/" matches every
+// method, ServeMux routes a wrong method here instead of writing its own
+// plain-text 405; so this asks mux which methods the path has and answers
+// 405 with Allow, or 404, in JSON either way.
+func handleNoRoute(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, m := range probeMethods {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) == 0 {
+			writeError(w, r, errorf(http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path))
+			return
+		}
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
+			r.Method, r.URL.Path, strings.Join(allow, " or ")))
+	})
+}
