@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -97,42 +100,6 @@ func startRun(t *testing.T, vars map[string]string) (*logWatcher, context.Cancel
 		t.Fatalf("run returned before listening: %v\n%s", err, logs)
 	}
 	return logs, cancel, errc, logs.listenPort(t)
-}
-
-func TestRunRefusesABadVariable(t *testing.T) {
-	tests := []struct{ name, value string }{
-		{"PORT", "http"},
-		{"PORT", "70000"},
-		{"UPSTREAM_TIMEOUT", "2"},
-		{"BREAKER_THRESHOLD", "0"},
-		{"MOCK_FAIL_RATE", "1.5"},
-		{"UPSTREAM_URL", "ftp://x"},
-		{"LOG_FORMAT", "xml"},
-		{"LOG_LEVEL", "loud"},
-		{"REQUEST_TIMEOUT", "2s"}, // not longer than UPSTREAM_TIMEOUT
-		{"MAX_RESPONSE_BYTES", "32MB"},
-		{"EVENT_CACHE_BYTES", "1KiB"},
-	}
-	// Cancelled: were a bad value accepted, run would return at once, not serve.
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	for _, tt := range tests {
-		err := run(ctx, []string{"eventgate", "-env-file="}, envOf(map[string]string{tt.name: tt.value}), io.Discard, io.Discard)
-		if err == nil || !strings.Contains(err.Error(), tt.name) {
-			t.Errorf("%s=%q: run error = %v; want one naming %s", tt.name, tt.value, err, tt.name)
-		}
-	}
-}
-
-func TestRunReadsDotEnvButTheEnvironmentWins(t *testing.T) {
-	file := t.TempDir() + "/.env"
-	if err := writeFile(file, "# comment\nBREAKER_THRESHOLD=zero\nexport LOG_FORMAT='xml'\n"); err != nil {
-		t.Fatal(err)
-	}
-	err := run(t.Context(), []string{"eventgate", "-env-file=" + file}, envOf(map[string]string{"BREAKER_THRESHOLD": "3"}), io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "LOG_FORMAT") {
-		t.Errorf("run error = %v; want the .env's LOG_FORMAT refused (and its BREAKER_THRESHOLD overridden)", err)
-	}
 }
 
 func TestRunReturnsListenError(t *testing.T) {
@@ -302,5 +269,136 @@ func TestSecondSignalStopsTheProcess(t *testing.T) {
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 || ctx.Err() != nil || !strings.Contains(logs.String(), "second signal") {
 		t.Errorf("after two signals: %v (deadline: %v); want exit status 1 at once, saying why:\n%s", err, ctx.Err(), logs)
+	}
+}
+
+// startRealServer serves the gateway's handler over TCP with the timeouts
+// run sets, except a read timeout short enough for a test.
+func startRealServer(t *testing.T, g *testGateway) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(g.handler)
+	prod := newHTTPServer(g.cfg, g.handler, slog.New(slog.DiscardHandler))
+	srv.Config.ReadHeaderTimeout = prod.ReadHeaderTimeout
+	srv.Config.MaxHeaderBytes = prod.MaxHeaderBytes
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// rawRequest writes raw to a new connection and returns the status and
+// body of the answer.
+func rawRequest(t *testing.T, addr, raw string) (string, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second)) // a safety net, never reached when the server is right
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.Status, string(body)
+}
+
+// TestHostileConnections covers what only a real connection can send: an
+// oversized header block and a body that stops arriving.
+func TestHostileConnections(t *testing.T) {
+	checkGoroutines(t)
+	// The body must arrive while UPSTREAM_TIMEOUT is left of REQUEST_TIMEOUT:
+	// here within 300ms.
+	g := newTestGateway(t, quietMock(), func(c *config) { c.RequestTimeout = c.UpstreamTimeout + 300*time.Millisecond })
+	addr := startRealServer(t, g)
+
+	huge := "GET /getUsers HTTP/1.1\r\nHost: x\r\nX-Junk: " + strings.Repeat("a", 70<<10) + "\r\n\r\n"
+	if status, _ := rawRequest(t, addr, huge); !strings.HasPrefix(status, "431") {
+		t.Errorf("70 KiB of headers = %s; want 431", status)
+	}
+
+	slow := "POST /addEvent HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\": "
+	status, body := rawRequest(t, addr, slow) // and then nothing more
+	if !strings.HasPrefix(status, "408") || !strings.Contains(body, "too slowly") {
+		t.Errorf("a stalled body = %s %q; want 408 with a JSON error", status, body)
+	}
+	if n := g.transport.calls.Load(); n != 0 {
+		t.Errorf("the upstream received %d calls; want none", n)
+	}
+}
+
+// TestJSONLogsCarryRequestIDsAndNoSecrets runs the real server with JSON
+// logs and a token, and reads every line it logged.
+func TestJSONLogsCarryRequestIDsAndNoSecrets(t *testing.T) {
+	checkGoroutines(t)
+	logs, stop, errc, port := startRun(t, map[string]string{
+		"LOG_FORMAT": "json", "API_TOKEN": "s3cret-token", "MOCK_EVENT_DELAY": "1ms",
+	})
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	client := &http.Client{Transport: &http.Transport{}}
+	req, _ := http.NewRequest("POST", base+"/addEvent", strings.NewReader(`{"name": "x", "userId": "1"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer s3cret-token-guess")
+	req.Header.Set("X-Request-ID", "req-77")
+	if resp, err := client.Do(req); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("wrong token: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	client.CloseIdleConnections()
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+
+	text := logs.String()
+	if strings.Contains(text, "s3cret") {
+		t.Errorf("the token appears in the logs:\n%s", text)
+	}
+	sawRequest := false
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		var entry map[string]any
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+			continue
+		}
+		for _, key := range []string{"time", "level", "msg"} {
+			if _, ok := entry[key]; !ok {
+				t.Errorf("log line lacks %q: %q", key, line)
+			}
+		}
+		if entry["msg"] == "request" {
+			sawRequest = true
+			if entry["request_id"] != "req-77" || entry["status"] != float64(401) || entry["route"] != "POST /addEvent" {
+				t.Errorf("request log line = %q; want request_id req-77, status 401, route POST /addEvent", line)
+			}
+		}
+	}
+	if !sawRequest || !strings.Contains(text, "bearer token required") {
+		t.Errorf("logs lack the request line or the start-up line's write protection:\n%s", text)
+	}
+}
+
+// TestUpstreamPasswordNeverLogged starts eventgate with credentials in
+// UPSTREAM_URL, and refuses a bad one: the password is in neither the
+// start-up log nor the error.
+func TestUpstreamPasswordNeverLogged(t *testing.T) {
+	checkGoroutines(t)
+	logs, stop, errc, _ := startRun(t, map[string]string{"UPSTREAM_URL": "http://gate:s3cret-pass@127.0.0.1:9"})
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if text := logs.String(); strings.Contains(text, "s3cret") || !strings.Contains(text, "gate:xxxxx@127.0.0.1:9") {
+		t.Errorf("start-up log shows the password, or not the redacted URL:\n%s", text)
+	}
+	err := run(t.Context(), []string{"eventgate", "-env-file="}, envOf(map[string]string{"UPSTREAM_URL": "ftp://gate:s3cret-pass@x"}), io.Discard, io.Discard)
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "UPSTREAM_URL") {
+		t.Errorf("a bad UPSTREAM_URL gave %v; want an error naming the variable, without the password", err)
 	}
 }

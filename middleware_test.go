@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"testing/synctest"
+)
+
+func TestAPITokenProtectsWritesOnly(t *testing.T) {
+	g := newTestGateway(t, quietMock(), func(c *config) { c.APIToken = "s3cret-token" })
+	body := `{"name": "x", "userId": "1"}`
+	for _, auth := range []string{"", "Bearer wrong", "Bearer s3cret-token-and-more", "Bearer s3cret-toke", "s3cret-token", "Bearers3cret-token", "Basic czNjcmV0LXRva2Vu", "Basic s3cret-token"} {
+		rec := g.post("/addEvent", body, "Authorization", auth)
+		if rec.Code != 401 || !strings.HasPrefix(rec.Header().Get("WWW-Authenticate"), "Bearer") {
+			t.Errorf("Authorization %q = %d, WWW-Authenticate %q; want 401 Bearer", auth, rec.Code, rec.Header().Get("WWW-Authenticate"))
+		}
+		errorBody(t, rec)
+	}
+	if n := g.transport.calls.Load(); n != 0 {
+		t.Errorf("unauthorised writes reached the upstream %d times", n)
+	}
+	for _, auth := range []string{"Bearer s3cret-token", "bearer s3cret-token", "BEARER s3cret-token", "Bearer  s3cret-token "} {
+		if rec := g.post("/addEvent", body, "Authorization", auth); rec.Code != 200 {
+			t.Errorf("Authorization %q = %d; want 200 (the scheme is case-insensitive)", auth, rec.Code)
+		}
+	}
+	if rec := g.get("/getUsers"); rec.Code != 200 {
+		t.Errorf("GET /getUsers without a token = %d; reads stay open", rec.Code)
+	}
+}
+
+func TestEveryAnswerIsSafe(t *testing.T) {
+	panicky := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { panic("upstream client bug: index out of range") })
+	g := newTestGateway(t, panicky, nil)
+	for _, path := range []string{"/getUsers", "/health", "/nowhere"} {
+		rec := g.get(path)
+		if rec.Header().Get("X-Content-Type-Options") != "nosniff" || rec.Header().Get("Cache-Control") != "no-store" {
+			t.Errorf("GET %s headers %v; want nosniff and no-store", path, rec.Header())
+		}
+	}
+	rec := g.get("/getUsers")
+	if rec.Code != 500 || errorBody(t, rec) != "internal error" {
+		t.Errorf("a panicking handler = %d %q; want 500 internal error", rec.Code, rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "index out of range") || strings.Contains(rec.Body.String(), "goroutine") {
+		t.Errorf("the panic reached the client: %q", rec.Body)
+	}
+	if rec := g.get("/health"); rec.Code != 200 {
+		t.Errorf("after a panic, GET /health = %d; the server keeps serving", rec.Code)
+	}
+}
+
+// TestStarTargetsAreAnsweredInJSON sends "OPTIONS *" and "GET *" to a real
+// server: each answer is JSON and carries X-Request-ID.
+func TestStarTargetsAreAnsweredInJSON(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, quietMock(), nil)
+		l := servePipes(t, g.cfg, g.handler, nil)
+		for _, tt := range []struct {
+			method string
+			want   int
+			body   string
+		}{{"OPTIONS", 200, `"methods"`}, {"GET", 400, "only for OPTIONS"}, {"POST", 400, "only for OPTIONS"}} {
+			c := l.dial()
+			go fmt.Fprintf(c, "%s * HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", tt.method)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("%s *: %v", tt.method, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			c.Close()
+			if resp.StatusCode != tt.want || resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("X-Request-ID") == "" || !strings.Contains(string(body), tt.body) {
+				t.Errorf("%s * = %d %q, headers %v; want %d, JSON with %s and an X-Request-ID", tt.method, resp.StatusCode, body, resp.Header, tt.want, tt.body)
+			}
+		}
+	})
+}
