@@ -81,7 +81,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		srv := newHTTPServer(cfg, mock.New(cfg.Mock), logger)
 		return serve(ctx, srv, cfg, logger, "mock Event API listening", nil, nil)
 	}
+	return runGateway(ctx, cfg, logger)
+}
 
+// runGateway serves the gateway as cfg says until ctx is cancelled: in
+// front of the embedded mock if no UPSTREAM_URL is set, with the
+// connection cap and the upstream bound fitted to the open-files limit.
+func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if nofile := fileLimit(); nofile > 0 {
 		conns, inflight, lowered := fitToFileLimit(cfg.MaxConnections, cfg.UpstreamMaxInflight, nofile)
 		if lowered {

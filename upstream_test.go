@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -211,59 +212,16 @@ func idList(n int, id func(int) string) string {
 // real TCP: each attack is answered as the trust boundary says, the gateway
 // stays up, nothing reaches a second host the upstream points to, and no
 // write the upstream did not confirm is acknowledged.
-func TestHostileUpstream(t *testing.T) {
-	var strayCalls atomic.Int64
-	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		strayCalls.Add(1)
-		io.WriteString(w, `[{"id": "event-9", "userId": "1"}]`)
-	}))
-	defer other.Close()
-	redirect := func(code int) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			http.Redirect(w, r, other.URL+r.URL.Path, code)
-		}
-	}
-	bigEvent := func(chunked bool) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			body := `{"id": "event-1", "userId": "1", "details": "` + strings.Repeat("x", 8<<20) + `"}`
-			if !chunked {
-				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-			} else {
-				w.Write([]byte(body[:10]))
-				w.(http.Flusher).Flush()
-				body = body[10:]
-			}
-			io.WriteString(w, body)
-		}
-	}
-	eventOf := func(user string, size int) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, `{"id": %q, "userId": %q, "details": %q}`, r.PathValue("id"), user, strings.Repeat("x", size))
-		}
-	}
-	const add = `{"name": "x", "userId": "1"}`
-	noLookups := func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
-		if n := upstreamCalls(g, "getEventById"); n != 0 {
-			t.Errorf("%d event lookups were made; want none", n)
-		}
-	}
-	eventsAre := func(want string) func(*testing.T, *httptest.ResponseRecorder, *testGateway) {
-		return func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
-			if got := strings.Join(eventIDs(t, rec), ","); got != want {
-				t.Errorf("events %q; want %q", got, want)
-			}
-		}
-	}
-	retryAfter := func(lo, hi int) func(*testing.T, *httptest.ResponseRecorder, *testGateway) {
-		return func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
-			if n, err := strconv.Atoi(rec.Header().Get("Retry-After")); err != nil || n < lo || n > hi {
-				t.Errorf("Retry-After %q; want %d to %d seconds", rec.Header().Get("Retry-After"), lo, hi)
-			}
-		}
-	}
+// The attacks of TestHostileUpstream, by what they go after. Each group is
+// a function so that the table reads in parts; stray is the URL of the host
+// that must never be reached.
 
-	attacks := []upstreamAttack{
-		// Memory: counts and bytes.
+// addBody is the write every write attack sends.
+const addBody = `{"name": "x", "userId": "1"}`
+
+// memoryAttacks try to make the gateway hold more than its bounds.
+func memoryAttacks() []upstreamAttack {
+	return []upstreamAttack{
 		{name: "one id listed 1,000,000 times", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(idList(1_000_000, func(int) string { return "e" }))},
 			path: "/getEventsByUserId/1", want: 502, message: "larger than this gateway accepts", check: noLookups},
 		{name: "one id listed 5,000 times", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(idList(5000, func(int) string { return "event-1" }))},
@@ -284,8 +242,12 @@ func TestHostileUpstream(t *testing.T) {
 			path: "/getEventsByUserId/1", want: 502, message: "add up to more than 1 MiB"},
 		{name: "9 MB of headers", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `{}`, "X-Junk", strings.Repeat("j", 9<<20))},
 			path: "/getEventsByUserId/1", want: 502, message: "could not reach"},
+	}
+}
 
-		// Writes the upstream did not confirm.
+// writeAttacks answer a write without confirming it, or send it elsewhere.
+func writeAttacks(stray string) []upstreamAttack {
+	return []upstreamAttack{
 		{name: "write answered with HTML", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, "<html>ok</html>", "Content-Type", "text/html")},
 			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
 		{name: "write answered success false", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(200, `{"success": false}`)},
@@ -304,21 +266,29 @@ func TestHostileUpstream(t *testing.T) {
 			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
 		{name: "write answered 204", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(204, ``)},
 			method: "POST", path: "/addEvent", want: 502, message: "did not confirm"},
-		{name: "write redirected with 302", routes: map[string]http.HandlerFunc{"POST /addEvent": redirect(302)},
+		{name: "write redirected with 302", routes: map[string]http.HandlerFunc{"POST /addEvent": redirectTo(stray, 302)},
 			method: "POST", path: "/addEvent", want: 502, message: "redirect (status 302)"},
-		{name: "write redirected with 307", routes: map[string]http.HandlerFunc{"POST /addEvent": redirect(307)},
+		{name: "write redirected with 307", routes: map[string]http.HandlerFunc{"POST /addEvent": redirectTo(stray, 307)},
 			method: "POST", path: "/addEvent", want: 502, message: "redirect (status 307)"},
 		{name: "write confirmed", method: "POST", path: "/addEvent", want: 200},
+	}
+}
 
-		// Redirects on reads.
-		{name: "list redirected", routes: map[string]http.HandlerFunc{"GET /getUsers": redirect(302)},
+// redirectAttacks point reads to another host.
+func redirectAttacks(stray string) []upstreamAttack {
+	return []upstreamAttack{
+		{name: "list redirected", routes: map[string]http.HandlerFunc{"GET /getUsers": redirectTo(stray, 302)},
 			path: "/getUsers", want: 502, message: "redirect (status 302)"},
-		{name: "user redirected", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": redirect(301)},
+		{name: "user redirected", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": redirectTo(stray, 301)},
 			path: "/getEventsByUserId/1", want: 502, message: "redirect (status 301)"},
-		{name: "event redirected", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": redirect(308)},
+		{name: "event redirected", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": redirectTo(stray, 308)},
 			path: "/getEventsByUserId/1", want: 502, message: "redirect (status 308)"},
+	}
+}
 
-		// Shapes.
+// shapeAttacks answer with JSON of the wrong shape, or another user's event.
+func shapeAttacks() []upstreamAttack {
+	return []upstreamAttack{
 		{name: "user is null", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": answer(200, `null`)},
 			path: "/getEventsByUserId/1", want: 502, message: "not an object"},
 		{name: "user's events is a string", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(`"event-1"`)},
@@ -346,21 +316,25 @@ func TestHostileUpstream(t *testing.T) {
 			}},
 		{name: "event naming no owner", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": eventOf("", 0)},
 			path: "/getEventsByUserId/1", want: 200, check: eventsAre("")},
+	}
+}
 
-		// Retry-After.
+// retryAfterAttacks send 429 and 503 with absurd or absent Retry-After.
+func retryAfterAttacks() []upstreamAttack {
+	return []upstreamAttack{
 		{name: "429 without Retry-After", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(429, ``)},
-			path: "/getUsers", want: 503, message: "retry after 5 seconds", check: retryAfter(5, 5)},
+			path: "/getUsers", want: 503, message: "retry after 5 seconds", check: retryAfterWithin(5, 5)},
 		{name: "Retry-After of 292 years", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "9223372036")},
-			path: "/getUsers", want: 503, message: "retry after 60 seconds", check: retryAfter(60, 60)},
+			path: "/getUsers", want: 503, message: "retry after 60 seconds", check: retryAfterWithin(60, 60)},
 		{name: "Retry-After that wraps around 2^64 nanoseconds", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "18446744074")},
-			path: "/getUsers", want: 503, check: retryAfter(60, 60)},
+			path: "/getUsers", want: 503, check: retryAfterWithin(60, 60)},
 		{name: "Retry-After as a date", routes: map[string]http.HandlerFunc{"GET /getUsers": func(w http.ResponseWriter, r *http.Request) {
 			answer(503, ``, "Retry-After", time.Now().Add(30*time.Second).UTC().Format(http.TimeFormat))(w, r)
-		}}, path: "/getUsers", want: 503, check: retryAfter(29, 30)},
+		}}, path: "/getUsers", want: 503, check: retryAfterWithin(29, 30)},
 		{name: "Retry-After in the past", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "Mon, 02 Jan 2006 15:04:05 GMT")},
-			path: "/getUsers", want: 503, check: retryAfter(1, 1)},
+			path: "/getUsers", want: 503, check: retryAfterWithin(1, 1)},
 		{name: "Retry-After of 0", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "0")},
-			path: "/getUsers", want: 503, check: retryAfter(1, 1)},
+			path: "/getUsers", want: 503, check: retryAfterWithin(1, 1)},
 		{name: "429 on a write", routes: map[string]http.HandlerFunc{"POST /addEvent": answer(429, ``, "Retry-After", "7")},
 			method: "POST", path: "/addEvent", want: 503, message: "retry after 7 seconds", check: func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
 				if n := g.breaker.Snapshot().FailuresInWindow; n != 1 {
@@ -368,50 +342,125 @@ func TestHostileUpstream(t *testing.T) {
 				}
 			}},
 	}
+}
+
+// redirectTo answers with a redirect of the given code to the same path on stray.
+func redirectTo(stray string, code int) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, stray+r.URL.Path, code)
+	}
+}
+
+// bigEvent answers an 8 MB event, with its length declared or chunked.
+func bigEvent(chunked bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body := `{"id": "event-1", "userId": "1", "details": "` + strings.Repeat("x", 8<<20) + `"}`
+		if !chunked {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		} else {
+			w.Write([]byte(body[:10]))
+			w.(http.Flusher).Flush()
+			body = body[10:]
+		}
+		io.WriteString(w, body)
+	}
+}
+
+// eventOf answers the event asked for as one of user's, with size bytes of details.
+func eventOf(user string, size int) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"id": %q, "userId": %q, "details": %q}`, r.PathValue("id"), user, strings.Repeat("x", size))
+	}
+}
+
+// noLookups checks that the gateway looked up no event.
+func noLookups(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+	if n := upstreamCalls(g, "getEventById"); n != 0 {
+		t.Errorf("%d event lookups were made; want none", n)
+	}
+}
+
+// eventsAre checks the ids of the events answered.
+func eventsAre(want string) func(*testing.T, *httptest.ResponseRecorder, *testGateway) {
+	return func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+		if got := strings.Join(eventIDs(t, rec), ","); got != want {
+			t.Errorf("events %q; want %q", got, want)
+		}
+	}
+}
+
+// retryAfterWithin checks the answer's Retry-After, in seconds.
+func retryAfterWithin(lo, hi int) func(*testing.T, *httptest.ResponseRecorder, *testGateway) {
+	return func(t *testing.T, rec *httptest.ResponseRecorder, g *testGateway) {
+		if n, err := strconv.Atoi(rec.Header().Get("Retry-After")); err != nil || n < lo || n > hi {
+			t.Errorf("Retry-After %q; want %d to %d seconds", rec.Header().Get("Retry-After"), lo, hi)
+		}
+	}
+}
+
+// TestHostileUpstream attacks the gateway from the upstream's side, over
+// real TCP: each attack is answered as the trust boundary says, the gateway
+// stays up, nothing reaches a second host the upstream points to, and no
+// write the upstream did not confirm is acknowledged.
+func TestHostileUpstream(t *testing.T) {
+	var strayCalls atomic.Int64
+	stray := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		strayCalls.Add(1)
+		io.WriteString(w, `[{"id": "event-9", "userId": "1"}]`)
+	}))
+	defer stray.Close()
+	attacks := slices.Concat(memoryAttacks(), writeAttacks(stray.URL), redirectAttacks(stray.URL), shapeAttacks(), retryAfterAttacks())
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
 			checkGoroutines(t)
 			strayCalls.Store(0)
-			m := mock.New(mock.Options{})
-			mux := http.NewServeMux()
-			for pattern, h := range a.routes {
-				mux.Handle(pattern, h)
-			}
-			mux.Handle("/", m)
-			up := httptest.NewServer(mux)
-			defer up.Close()
-			g := newGatewayAt(t, up.URL, nil, a.edit)
-			defer g.close()
-
-			var rec *httptest.ResponseRecorder
-			if a.method == "POST" {
-				rec = g.post(a.path, add)
-			} else {
-				rec = g.get(a.path)
-			}
-			if rec.Code != a.want {
-				t.Fatalf("%s %s = %d %.300q; want %d", a.method, a.path, rec.Code, rec.Body, a.want)
-			}
-			if a.message != "" {
-				if msg := errorBody(t, rec); !strings.Contains(msg, a.message) {
-					t.Errorf("error %q; want it to contain %q", msg, a.message)
-				}
-			}
-			if a.check != nil {
-				a.check(t, rec, g)
-			}
+			runAttack(t, a)
 			if n := strayCalls.Load(); n != 0 {
 				t.Errorf("the host the upstream pointed to received %d requests; want none", n)
 			}
-			if rec.Code == 200 && a.method == "POST" {
-				if _, stored := m.Event(addedID(rec.Body.String())); !stored {
-					t.Errorf("acknowledged %q, which the upstream did not store", rec.Body)
-				}
-			}
-			if rec := g.get("/health"); rec.Code != 200 {
-				t.Errorf("after the attack, GET /health = %d; want 200", rec.Code)
-			}
 		})
+	}
+}
+
+// runAttack serves the attack's upstream over TCP and checks what the
+// client is told, that nothing unconfirmed was acknowledged, and that the
+// gateway still answers.
+func runAttack(t *testing.T, a upstreamAttack) {
+	m := mock.New(mock.Options{})
+	mux := http.NewServeMux()
+	for pattern, h := range a.routes {
+		mux.Handle(pattern, h)
+	}
+	mux.Handle("/", m)
+	up := httptest.NewServer(mux)
+	defer up.Close()
+	g := newGatewayAt(t, up.URL, nil, a.edit)
+	defer g.close()
+
+	var rec *httptest.ResponseRecorder
+	if a.method == "POST" {
+		rec = g.post(a.path, addBody)
+	} else {
+		rec = g.get(a.path)
+	}
+	if rec.Code != a.want {
+		t.Fatalf("%s %s = %d %.300q; want %d", a.method, a.path, rec.Code, rec.Body, a.want)
+	}
+	if a.message != "" {
+		if msg := errorBody(t, rec); !strings.Contains(msg, a.message) {
+			t.Errorf("error %q; want it to contain %q", msg, a.message)
+		}
+	}
+	if a.check != nil {
+		a.check(t, rec, g)
+	}
+	if rec.Code == 200 && a.method == "POST" {
+		if _, stored := m.Event(addedID(rec.Body.String())); !stored {
+			t.Errorf("acknowledged %q, which the upstream did not store", rec.Body)
+		}
+	}
+	if rec := g.get("/health"); rec.Code != 200 {
+		t.Errorf("after the attack, GET /health = %d; want 200", rec.Code)
 	}
 }
 
