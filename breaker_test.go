@@ -294,24 +294,8 @@ func TestBreakerEndToEnd(t *testing.T) {
 		opts.EventDelay, opts.FailRate = 0, 0
 		m := mock.New(opts)
 		var g *testGateway
-		var inOpen, concurrentTrials, maxTrials atomic.Int64
-		upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			switch s := g.breaker.Snapshot(); s.State {
-			case "open":
-				// A call admitted while closed may arrive in the very
-				// instant the breaker opens; one arriving later is a leak.
-				if time.Now().After(s.Since) {
-					inOpen.Add(1)
-				}
-			case "half-open":
-				n := concurrentTrials.Add(1)
-				defer concurrentTrials.Add(-1)
-				if n > maxTrials.Load() {
-					maxTrials.Store(n)
-				}
-			}
-			m.ServeHTTP(w, r)
-		})
+		watch := &breakerWatch{breaker: func() *breaker { return g.breaker }, next: m}
+		upstream := watch
 		g = newTestGateway(t, upstream, func(c *config) { c.BreakerBackoffMin = time.Second })
 
 		var wg sync.WaitGroup
@@ -328,22 +312,16 @@ func TestBreakerEndToEnd(t *testing.T) {
 		if s.TimesOpened == 0 {
 			t.Fatal("the breaker never opened under traffic above capacity")
 		}
-		if n := inOpen.Load(); n != 0 {
+		if n := watch.inOpen.Load(); n != 0 {
 			t.Errorf("the upstream received %d calls while the breaker was open; want 0", n)
 		}
-		if n := maxTrials.Load(); n > 4 {
+		if n := watch.maxTrials.Load(); n > 4 {
 			t.Errorf("up to %d trials in flight while half-open; want the ramp's 1, 2, 4", n)
 		}
 		if strings.Contains(g.get("/metrics").Body.String(), `eventgate_breaker_transitions_total{from="half-open",to="closed"}`) == false {
 			t.Error("the breaker never closed by itself")
 		}
-		accepted := 0
-		for _, c := range codes[300:] {
-			if c == 200 {
-				accepted++
-			}
-		}
-		if accepted == 0 {
+		if countOK(codes[300:]) == 0 {
 			t.Error("no event was accepted in the second half of the run")
 		}
 		if stored := m.EventCount() - 4; stored != countOK(codes) {
@@ -352,6 +330,35 @@ func TestBreakerEndToEnd(t *testing.T) {
 	})
 }
 
+// breakerWatch is an upstream that sees what the breaker in front of it
+// lets through: calls while it is open, and trials at once while half-open.
+type breakerWatch struct {
+	breaker          func() *breaker
+	next             http.Handler
+	inOpen           atomic.Int64
+	concurrentTrials atomic.Int64
+	maxTrials        atomic.Int64
+}
+
+func (bw *breakerWatch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch s := bw.breaker().Snapshot(); s.State {
+	case "open":
+		// A call admitted while closed may arrive in the very instant the
+		// breaker opens; one arriving later is a leak.
+		if time.Now().After(s.Since) {
+			bw.inOpen.Add(1)
+		}
+	case "half-open":
+		n := bw.concurrentTrials.Add(1)
+		defer bw.concurrentTrials.Add(-1)
+		if n > bw.maxTrials.Load() {
+			bw.maxTrials.Store(n)
+		}
+	}
+	bw.next.ServeHTTP(w, r)
+}
+
+// countOK counts the 200s among codes.
 func countOK(codes []int) int {
 	n := 0
 	for _, c := range codes {

@@ -32,24 +32,43 @@ func (k *keepAlive) get(path string) int {
 	return resp.StatusCode
 }
 
-func TestConnectionCap(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		release := make(chan struct{})
-		m := quietMock()
-		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/getUsers" {
-				<-release
-			}
-			m.ServeHTTP(w, r)
-		}), nil)
-		l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener { return newConnLimiter(inner, 2, g.metrics) })
-		dial := func() *keepAlive {
-			c := l.dial()
-			t.Cleanup(func() { c.Close() })
-			return &keepAlive{c, bufio.NewReader(c)}
+// capped serves a gateway whose GET /getUsers waits until release is
+// closed, behind a connection cap of 2, on pipes; dial opens a keep-alive
+// client connection that ends with the test.
+func capped(t *testing.T) (g *testGateway, dial func() *keepAlive, release chan struct{}) {
+	release = make(chan struct{})
+	m := quietMock()
+	g = newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/getUsers" {
+			<-release
 		}
+		m.ServeHTTP(w, r)
+	}), nil)
+	l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener { return newConnLimiter(inner, 2, g.metrics) })
+	dial = func() *keepAlive {
+		c := l.dial()
+		t.Cleanup(func() { c.Close() })
+		return &keepAlive{c, bufio.NewReader(c)}
+	}
+	return g, dial, release
+}
 
-		// Two connections busy with a slow request fill the cap.
+// wantMetrics checks that /metrics holds each of the lines given.
+func wantMetrics(t *testing.T, g *testGateway, lines ...string) {
+	t.Helper()
+	text := g.get("/metrics").Body.String()
+	for _, want := range lines {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// TestConnectionCapRefusesWhenAllAreBusy: with the cap's two connections
+// busy, a third is closed at once, and the busy ones are still answered.
+func TestConnectionCapRefusesWhenAllAreBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g, dial, release := capped(t)
 		a, b := dial(), dial()
 		codes := make(chan int, 2)
 		go func() { codes <- a.get("/getUsers") }()
@@ -57,21 +76,30 @@ func TestConnectionCap(t *testing.T) {
 		synctest.Wait()
 
 		start := time.Now()
-		refused := dial()
-		if _, err := refused.r.ReadByte(); err != io.EOF || time.Since(start) != 0 {
+		if _, err := dial().r.ReadByte(); err != io.EOF || time.Since(start) != 0 {
 			t.Errorf("a third connection read %v after %v; want it closed at once (EOF)", err, time.Since(start))
 		}
 		close(release)
 		if c1, c2 := <-codes, <-codes; c1 != 200 || c2 != 200 {
 			t.Errorf("the two busy connections were answered %d and %d; want 200", c1, c2)
 		}
+		wantMetrics(t, g, "eventgate_client_connections_refused_total 1", "eventgate_client_connections 2")
+	})
+}
 
-		// Now both are idle; a is idle longer. A newcomer takes a's place.
+// TestConnectionCapMakesRoomFromTheIdlest: at the cap with both connections
+// idle, a newcomer takes the place of the one idle longest; a connection its
+// client closes frees its place without closing anyone else's.
+func TestConnectionCapMakesRoomFromTheIdlest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g, dial, release := capped(t)
+		close(release)
+		a, b := dial(), dial()
+		a.get("/health")
 		time.Sleep(time.Second)
-		if code := b.get("/health"); code != 200 {
-			t.Fatalf("GET /health on b = %d", code)
-		}
+		b.get("/health") // now a has been idle longer
 		time.Sleep(time.Second)
+
 		newcomer := dial()
 		if code := newcomer.get("/health"); code != 200 {
 			t.Errorf("a new connection at the cap with two idle = %d; want 200", code)
@@ -82,8 +110,7 @@ func TestConnectionCap(t *testing.T) {
 		if code := b.get("/health"); code != 200 {
 			t.Errorf("the other idle connection = %d; want it kept", code)
 		}
-		// A connection its client closes frees its place: the next one
-		// needs no eviction.
+
 		newcomer.c.Close()
 		synctest.Wait()
 		if code := dial().get("/health"); code != 200 {
@@ -92,12 +119,7 @@ func TestConnectionCap(t *testing.T) {
 		if code := b.get("/health"); code != 200 {
 			t.Errorf("b after a connection closed and another opened = %d; want it kept", code)
 		}
-		text := g.get("/metrics").Body.String()
-		for _, want := range []string{"eventgate_client_connections_refused_total 1\n", "eventgate_client_connections_idle_closed_total 1\n", "eventgate_client_connections 2\n"} {
-			if !strings.Contains(text, want) {
-				t.Errorf("/metrics lacks %q", want)
-			}
-		}
+		wantMetrics(t, g, "eventgate_client_connections_idle_closed_total 1", "eventgate_client_connections_refused_total 0")
 	})
 }
 

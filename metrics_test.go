@@ -25,55 +25,7 @@ func TestMetricsAreValidExposition(t *testing.T) {
 		}
 		text := rec.Body.String()
 
-		types := map[string]string{}
-		sample := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$`)
-		leLabel := regexp.MustCompile(`,?le="[^"]*"`)
-		buckets := map[string][]float64{} // series (without le) → cumulative counts
-		counts := map[string]float64{}
-		for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
-			if rest, ok := strings.CutPrefix(line, "# TYPE "); ok {
-				name, typ, _ := strings.Cut(rest, " ")
-				if _, dup := types[name]; dup {
-					t.Errorf("# TYPE %s appears twice", name)
-				}
-				types[name] = typ
-				continue
-			}
-			if strings.HasPrefix(line, "# HELP ") {
-				continue
-			}
-			m := sample.FindStringSubmatch(line)
-			if m == nil {
-				t.Errorf("not a sample line: %q", line)
-				continue
-			}
-			value, err := strconv.ParseFloat(m[3], 64)
-			if err != nil {
-				t.Errorf("bad value in %q", line)
-			}
-			name, labels := m[1], m[2]
-			family := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
-			if _, ok := types[family]; !ok {
-				if _, ok := types[name]; !ok {
-					t.Errorf("sample %q before its # TYPE", line)
-				}
-			}
-			series := family + leLabel.ReplaceAllString(labels, "")
-			switch {
-			case strings.HasSuffix(name, "_bucket"):
-				buckets[series] = append(buckets[series], value)
-			case strings.HasSuffix(name, "_count") && types[family] == "histogram":
-				counts[series] = value
-			}
-		}
-		for series, b := range buckets {
-			if !slices.IsSorted(b) {
-				t.Errorf("%s buckets are not cumulative: %v", series, b)
-			}
-			if last := b[len(b)-1]; last != counts[series] {
-				t.Errorf("%s: +Inf bucket %v, _count %v; want equal", series, last, counts[series])
-			}
-		}
+		checkExposition(t, text)
 		for _, want := range []string{
 			`eventgate_http_requests_total{route="GET /getUsers",code="200"} 1`,
 			`eventgate_http_requests_total{route="unmatched",code="404"} 1`,
@@ -90,4 +42,60 @@ func TestMetricsAreValidExposition(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkExposition checks the rules of the text format that a scraper
+// relies on: one # TYPE per family, before its samples; well-formed sample
+// lines; cumulative histogram buckets whose +Inf bucket equals _count.
+func checkExposition(t *testing.T, text string) {
+	t.Helper()
+	types := map[string]string{}
+	sample := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$`)
+	leLabel := regexp.MustCompile(`,?le="[^"]*"`)
+	buckets := map[string][]float64{} // series (without le) → cumulative counts
+	counts := map[string]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if rest, ok := strings.CutPrefix(line, "# TYPE "); ok {
+			name, typ, _ := strings.Cut(rest, " ")
+			if _, dup := types[name]; dup {
+				t.Errorf("# TYPE %s appears twice", name)
+			}
+			types[name] = typ
+			continue
+		}
+		if strings.HasPrefix(line, "# HELP ") {
+			continue
+		}
+		m := sample.FindStringSubmatch(line)
+		if m == nil {
+			t.Errorf("not a sample line: %q", line)
+			continue
+		}
+		value, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			t.Errorf("bad value in %q", line)
+		}
+		name, labels := m[1], m[2]
+		family := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+		if _, ok := types[family]; !ok {
+			if _, ok := types[name]; !ok {
+				t.Errorf("sample %q before its # TYPE", line)
+			}
+		}
+		series := family + leLabel.ReplaceAllString(labels, "")
+		switch {
+		case strings.HasSuffix(name, "_bucket"):
+			buckets[series] = append(buckets[series], value)
+		case strings.HasSuffix(name, "_count") && types[family] == "histogram":
+			counts[series] = value
+		}
+	}
+	for series, b := range buckets {
+		if !slices.IsSorted(b) {
+			t.Errorf("%s buckets are not cumulative: %v", series, b)
+		}
+		if last := b[len(b)-1]; last != counts[series] {
+			t.Errorf("%s: +Inf bucket %v, _count %v; want equal", series, last, counts[series])
+		}
+	}
 }

@@ -23,57 +23,59 @@ import (
 // TestUpstreamFaultsOverTCP points the gateway at real servers that
 // misbehave and checks what the client is told. A trickled body must time
 // out: were it read outside UPSTREAM_TIMEOUT, it would end as a 200.
+
+var upstreamFaults = []struct {
+	name     string
+	upstream http.HandlerFunc
+	want     int
+	message  string
+}{
+	{"connection reset", func(w http.ResponseWriter, r *http.Request) {
+		c, _, _ := w.(http.Hijacker).Hijack()
+		c.(*net.TCPConn).SetLinger(0) // close with RST, not FIN
+		c.Close()
+	}, 502, "could not reach"},
+	{"dropped connection", func(w http.ResponseWriter, r *http.Request) { panic(http.ErrAbortHandler) }, 502, "could not reach"},
+	{"trickled body", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		body := "[" + strings.Repeat(" ", 100) + "]"
+		for i := range len(body) {
+			if _, err := io.WriteString(w, body[i:i+1]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-time.After(20 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}, 504, "did not answer in time"},
+	{"hang", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, 504, "did not answer in time"},
+	{"HTML", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, "<!doctype html><h1>Welcome to nginx</h1>")
+	}, 502, "not a JSON array"},
+	{"truncated JSON", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `[{"id": "event-1", "na`) }, 502, "not a JSON array"},
+	{"50 MB body", func(w http.ResponseWriter, r *http.Request) {
+		chunk := []byte("[" + strings.Repeat(`{"id": "x"},`, 1<<16))
+		for written := 0; written < 50<<20; written += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}, 502, "larger than this gateway accepts (8 MiB)"},
+	{"500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "panic: nil map", 500) }, 502, "status 500"},
+	{"502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", 502) }, 502, "status 502"},
+	{"503", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "7")
+		http.Error(w, "busy", 503)
+	}, 503, "retry after 7 seconds"},
+	{"504", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "timeout", 504) }, 502, "status 504"},
+}
+
 func TestUpstreamFaultsOverTCP(t *testing.T) {
-	tests := []struct {
-		name     string
-		upstream http.HandlerFunc
-		want     int
-		message  string
-	}{
-		{"connection reset", func(w http.ResponseWriter, r *http.Request) {
-			c, _, _ := w.(http.Hijacker).Hijack()
-			c.(*net.TCPConn).SetLinger(0) // close with RST, not FIN
-			c.Close()
-		}, 502, "could not reach"},
-		{"dropped connection", func(w http.ResponseWriter, r *http.Request) { panic(http.ErrAbortHandler) }, 502, "could not reach"},
-		{"trickled body", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			body := "[" + strings.Repeat(" ", 100) + "]"
-			for i := range len(body) {
-				if _, err := io.WriteString(w, body[i:i+1]); err != nil {
-					return
-				}
-				w.(http.Flusher).Flush()
-				select {
-				case <-time.After(20 * time.Millisecond):
-				case <-r.Context().Done():
-					return
-				}
-			}
-		}, 504, "did not answer in time"},
-		{"hang", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, 504, "did not answer in time"},
-		{"HTML", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/html")
-			io.WriteString(w, "<!doctype html><h1>Welcome to nginx</h1>")
-		}, 502, "not a JSON array"},
-		{"truncated JSON", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `[{"id": "event-1", "na`) }, 502, "not a JSON array"},
-		{"50 MB body", func(w http.ResponseWriter, r *http.Request) {
-			chunk := []byte("[" + strings.Repeat(`{"id": "x"},`, 1<<16))
-			for written := 0; written < 50<<20; written += len(chunk) {
-				if _, err := w.Write(chunk); err != nil {
-					return
-				}
-			}
-		}, 502, "larger than this gateway accepts (8 MiB)"},
-		{"500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "panic: nil map", 500) }, 502, "status 500"},
-		{"502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", 502) }, 502, "status 502"},
-		{"503", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Retry-After", "7")
-			http.Error(w, "busy", 503)
-		}, 503, "retry after 7 seconds"},
-		{"504", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "timeout", 504) }, 502, "status 504"},
-	}
-	for _, tt := range tests {
+	for _, tt := range upstreamFaults {
 		t.Run(tt.name, func(t *testing.T) {
 			checkGoroutines(t)
 			srv := httptest.NewServer(tt.upstream)

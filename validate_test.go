@@ -104,70 +104,72 @@ func TestLateBodyWithoutAReadDeadline(t *testing.T) {
 // TestHostileRequests sends requests a careless or malicious client could
 // send: each gets the right 4xx with a JSON error, and none reaches the
 // upstream.
+var nested = strings.Repeat("[", 20_000) + strings.Repeat("]", 20_000) // past the decoder's depth limit, within the size limit
+
+var hostileRequests = []struct {
+	name        string
+	method      string
+	path        string
+	contentType string
+	body        string
+	header      [2]string
+	want        int
+}{
+	{"malformed JSON", "POST", "/addEvent", "application/json", `{"name":`, nil2, 400},
+	{"truncated JSON", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"`, nil2, 400},
+	{"deeply nested value", "POST", "/addEvent", "application/json", `{"name": ` + nested + `}`, nil2, 400},
+	{"deeply nested body", "POST", "/addEvent", "application/json", nested, nil2, 400},
+	{"name is a number", "POST", "/addEvent", "application/json", `{"name": 1, "userId": "1"}`, nil2, 400},
+	{"name is an array", "POST", "/addEvent", "application/json", `{"name": ["a"], "userId": "1"}`, nil2, 400},
+	{"userId is an object", "POST", "/addEvent", "application/json", `{"name": "a", "userId": {}}`, nil2, 400},
+	{"userId is a fraction", "POST", "/addEvent", "application/json", `{"name": "a", "userId": 1.5}`, nil2, 400},
+	{"userId is negative", "POST", "/addEvent", "application/json", `{"name": "a", "userId": -1}`, nil2, 400},
+	{"userId is a boolean", "POST", "/addEvent", "application/json", `{"name": "a", "userId": false}`, nil2, 400},
+	{"userId holds a slash", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1/../2"}`, nil2, 400},
+	{"userId is too long", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "` + strings.Repeat("1", 129) + `"}`, nil2, 400},
+	{"details is a number", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1", "details": 5}`, nil2, 400},
+	{"empty name", "POST", "/addEvent", "application/json", `{"name": "", "userId": "1"}`, nil2, 400},
+	{"blank name", "POST", "/addEvent", "application/json", `{"name": " \t ", "userId": "1"}`, nil2, 400},
+	{"huge name", "POST", "/addEvent", "application/json", `{"name": "` + strings.Repeat("é", 201) + `", "userId": "1"}`, nil2, 400},
+	{"huge details", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1", "details": "` + strings.Repeat("x", 2001) + `"}`, nil2, 400},
+	{"escaped NUL in name", "POST", "/addEvent", "application/json", `{"name": "a\u0000b", "userId": "1"}`, nil2, 400},
+	{"escaped NUL in userId", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1\u0000"}`, nil2, 400},
+	{"raw NUL byte", "POST", "/addEvent", "application/json", "{\"name\": \"a\x00\", \"userId\": \"1\"}", nil2, 400},
+	{"bell in name", "POST", "/addEvent", "application/json", `{"name": "a\u0007", "userId": "1"}`, nil2, 400},
+	{"invalid UTF-8", "POST", "/addEvent", "application/json", "{\"name\": \"\xff\xfe\", \"userId\": \"1\"}", nil2, 400},
+	{"unknown field", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1", "admin": true}`, nil2, 400},
+	{"duplicate userId", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "userId": "2"}`, nil2, 400},
+	{"duplicate through an escape", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "user\u0049d": "2"}`, nil2, 400},
+	{"keys in another case", "POST", "/addEvent", "application/json", `{"NAME": "x", "UserId": "1"}`, nil2, 400},
+	{"a case variant beside the key", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "USERID": "2"}`, nil2, 400},
+	{"lone high surrogate", "POST", "/addEvent", "application/json", `{"name": "\ud800", "userId": "1"}`, nil2, 400},
+	{"lone low surrogate in details", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "details": "a\udc00"}`, nil2, 400},
+	{"surrogate pair split by a letter", "POST", "/addEvent", "application/json", `{"name": "\ud83dx\ude00", "userId": "1"}`, nil2, 400},
+	{"two objects", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"} {"name": "b", "userId": "1"}`, nil2, 400},
+	{"trailing garbage", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"} x`, nil2, 400},
+	{"empty body", "POST", "/addEvent", "application/json", ``, nil2, 400},
+	{"null body", "POST", "/addEvent", "application/json", `null`, nil2, 400},
+	{"array body", "POST", "/addEvent", "application/json", `[]`, nil2, 400},
+	{"string body", "POST", "/addEvent", "application/json", `"event"`, nil2, 400},
+	{"10 MB body", "POST", "/addEvent", "application/json", `{"name": "` + strings.Repeat("x", 10<<20) + `"}`, nil2, 413},
+	{"missing Content-Type", "POST", "/addEvent", "", `{"name": "a", "userId": "1"}`, nil2, 415},
+	{"text Content-Type", "POST", "/addEvent", "text/plain", `{"name": "a", "userId": "1"}`, nil2, 415},
+	{"form Content-Type", "POST", "/addEvent", "multipart/form-data; boundary=x", `{"name": "a", "userId": "1"}`, nil2, 415},
+	{"malformed Content-Type", "POST", "/addEvent", "application/json; ===", `{"name": "a", "userId": "1"}`, nil2, 415},
+	{"bad Idempotency-Key", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"}`, [2]string{"Idempotency-Key", "a b"}, 400},
+	{"encoded slash in id", "GET", "/getEventsByUserId/1%2Fx", "", "", nil2, 400},
+	{"encoded dots in id", "GET", "/getEventsByUserId/%2E%2E", "", "", nil2, 400},
+	{"dot segments in path", "GET", "/getEventsByUserId/../addEvent", "", "", nil2, 400},
+	{"very long id", "GET", "/getEventsByUserId/" + strings.Repeat("7", 10_000), "", "", nil2, 400},
+	{"unicode id", "GET", "/getEventsByUserId/%E2%80%AE1", "", "", nil2, 400},
+	{"unknown method on a read", "PATCH", "/getUsers", "", "", nil2, 405},
+	{"made-up method", "BREW", "/addEvent", "", "", nil2, 405},
+	{"unknown path", "GET", "/admin", "", "", nil2, 404},
+}
+
 func TestHostileRequests(t *testing.T) {
-	nested := strings.Repeat("[", 20_000) + strings.Repeat("]", 20_000) // past the decoder's depth limit, within the size limit
-	tests := []struct {
-		name        string
-		method      string
-		path        string
-		contentType string
-		body        string
-		header      [2]string
-		want        int
-	}{
-		{"malformed JSON", "POST", "/addEvent", "application/json", `{"name":`, nil2, 400},
-		{"truncated JSON", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"`, nil2, 400},
-		{"deeply nested value", "POST", "/addEvent", "application/json", `{"name": ` + nested + `}`, nil2, 400},
-		{"deeply nested body", "POST", "/addEvent", "application/json", nested, nil2, 400},
-		{"name is a number", "POST", "/addEvent", "application/json", `{"name": 1, "userId": "1"}`, nil2, 400},
-		{"name is an array", "POST", "/addEvent", "application/json", `{"name": ["a"], "userId": "1"}`, nil2, 400},
-		{"userId is an object", "POST", "/addEvent", "application/json", `{"name": "a", "userId": {}}`, nil2, 400},
-		{"userId is a fraction", "POST", "/addEvent", "application/json", `{"name": "a", "userId": 1.5}`, nil2, 400},
-		{"userId is negative", "POST", "/addEvent", "application/json", `{"name": "a", "userId": -1}`, nil2, 400},
-		{"userId is a boolean", "POST", "/addEvent", "application/json", `{"name": "a", "userId": false}`, nil2, 400},
-		{"userId holds a slash", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1/../2"}`, nil2, 400},
-		{"userId is too long", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "` + strings.Repeat("1", 129) + `"}`, nil2, 400},
-		{"details is a number", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1", "details": 5}`, nil2, 400},
-		{"empty name", "POST", "/addEvent", "application/json", `{"name": "", "userId": "1"}`, nil2, 400},
-		{"blank name", "POST", "/addEvent", "application/json", `{"name": " \t ", "userId": "1"}`, nil2, 400},
-		{"huge name", "POST", "/addEvent", "application/json", `{"name": "` + strings.Repeat("é", 201) + `", "userId": "1"}`, nil2, 400},
-		{"huge details", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1", "details": "` + strings.Repeat("x", 2001) + `"}`, nil2, 400},
-		{"escaped NUL in name", "POST", "/addEvent", "application/json", `{"name": "a\u0000b", "userId": "1"}`, nil2, 400},
-		{"escaped NUL in userId", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1\u0000"}`, nil2, 400},
-		{"raw NUL byte", "POST", "/addEvent", "application/json", "{\"name\": \"a\x00\", \"userId\": \"1\"}", nil2, 400},
-		{"bell in name", "POST", "/addEvent", "application/json", `{"name": "a\u0007", "userId": "1"}`, nil2, 400},
-		{"invalid UTF-8", "POST", "/addEvent", "application/json", "{\"name\": \"\xff\xfe\", \"userId\": \"1\"}", nil2, 400},
-		{"unknown field", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1", "admin": true}`, nil2, 400},
-		{"duplicate userId", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "userId": "2"}`, nil2, 400},
-		{"duplicate through an escape", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "user\u0049d": "2"}`, nil2, 400},
-		{"keys in another case", "POST", "/addEvent", "application/json", `{"NAME": "x", "UserId": "1"}`, nil2, 400},
-		{"a case variant beside the key", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "USERID": "2"}`, nil2, 400},
-		{"lone high surrogate", "POST", "/addEvent", "application/json", `{"name": "\ud800", "userId": "1"}`, nil2, 400},
-		{"lone low surrogate in details", "POST", "/addEvent", "application/json", `{"name": "x", "userId": "1", "details": "a\udc00"}`, nil2, 400},
-		{"surrogate pair split by a letter", "POST", "/addEvent", "application/json", `{"name": "\ud83dx\ude00", "userId": "1"}`, nil2, 400},
-		{"two objects", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"} {"name": "b", "userId": "1"}`, nil2, 400},
-		{"trailing garbage", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"} x`, nil2, 400},
-		{"empty body", "POST", "/addEvent", "application/json", ``, nil2, 400},
-		{"null body", "POST", "/addEvent", "application/json", `null`, nil2, 400},
-		{"array body", "POST", "/addEvent", "application/json", `[]`, nil2, 400},
-		{"string body", "POST", "/addEvent", "application/json", `"event"`, nil2, 400},
-		{"10 MB body", "POST", "/addEvent", "application/json", `{"name": "` + strings.Repeat("x", 10<<20) + `"}`, nil2, 413},
-		{"missing Content-Type", "POST", "/addEvent", "", `{"name": "a", "userId": "1"}`, nil2, 415},
-		{"text Content-Type", "POST", "/addEvent", "text/plain", `{"name": "a", "userId": "1"}`, nil2, 415},
-		{"form Content-Type", "POST", "/addEvent", "multipart/form-data; boundary=x", `{"name": "a", "userId": "1"}`, nil2, 415},
-		{"malformed Content-Type", "POST", "/addEvent", "application/json; ===", `{"name": "a", "userId": "1"}`, nil2, 415},
-		{"bad Idempotency-Key", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"}`, [2]string{"Idempotency-Key", "a b"}, 400},
-		{"encoded slash in id", "GET", "/getEventsByUserId/1%2Fx", "", "", nil2, 400},
-		{"encoded dots in id", "GET", "/getEventsByUserId/%2E%2E", "", "", nil2, 400},
-		{"dot segments in path", "GET", "/getEventsByUserId/../addEvent", "", "", nil2, 400},
-		{"very long id", "GET", "/getEventsByUserId/" + strings.Repeat("7", 10_000), "", "", nil2, 400},
-		{"unicode id", "GET", "/getEventsByUserId/%E2%80%AE1", "", "", nil2, 400},
-		{"unknown method on a read", "PATCH", "/getUsers", "", "", nil2, 405},
-		{"made-up method", "BREW", "/addEvent", "", "", nil2, 405},
-		{"unknown path", "GET", "/admin", "", "", nil2, 404},
-	}
 	g := newTestGateway(t, quietMock(), nil)
-	for _, tt := range tests {
+	for _, tt := range hostileRequests {
 		t.Run(tt.name, func(t *testing.T) {
 			req := httptest.NewRequest(tt.method, "/", strings.NewReader(tt.body))
 			req.URL.Path, req.URL.RawPath = mustUnescape(t, tt.path), tt.path
