@@ -232,3 +232,58 @@ func entries(c *eventCache) int {
 	n, _ := c.Len()
 	return n
 }
+
+// TestEventCacheFreshUntilExactlyTheTTL: an event exactly EVENT_CACHE_TTL
+// old is still fresh (no refetch); a moment later it is stale and refetched.
+func TestEventCacheFreshUntilExactlyTheTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var fetches atomic.Int32
+		fetch := func(context.Context, string) (event, error) {
+			fetches.Add(1)
+			return event{JSON: json.RawMessage(`{}`)}, nil
+		}
+		c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 10, MaxRefreshes: 10})
+		defer c.Close()
+		c.Get(t.Context(), "a")
+		time.Sleep(time.Minute)
+		c.Get(t.Context(), "a")
+		synctest.Wait()
+		if n := fetches.Load(); n != 1 {
+			t.Errorf("at exactly the TTL: %d fetches; want 1, the event still fresh", n)
+		}
+		time.Sleep(time.Millisecond)
+		c.Get(t.Context(), "a")
+		synctest.Wait()
+		if n := fetches.Load(); n != 2 {
+			t.Errorf("just past the TTL: %d fetches; want 2, a refresh", n)
+		}
+	})
+}
+
+// TestEventCacheNewcomerDoesNotJoinAnAbandonedLookup: once the last caller
+// waiting for a lookup has left, that lookup is cancelled, and a caller
+// arriving right after starts its own instead of inheriting the
+// cancellation.
+func TestEventCacheNewcomerDoesNotJoinAnAbandonedLookup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		fetch := func(ctx context.Context, id string) (event, error) {
+			if calls.Add(1) == 1 {
+				<-ctx.Done() // the first lookup hangs until it is abandoned
+				return event{}, ctx.Err()
+			}
+			return event{JSON: json.RawMessage(`{}`)}, nil
+		}
+		c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 10})
+		defer c.Close()
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { _, err := c.Get(ctx, "a"); done <- err }()
+		synctest.Wait()
+		cancel()
+		<-done
+		if _, err := c.Get(t.Context(), "a"); err != nil {
+			t.Errorf("a caller right after the first left got %v; want its own lookup's event", err)
+		}
+	})
+}
