@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"eventgate/mock"
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -100,4 +103,81 @@ func TestRetryBudgetWindowSlides(t *testing.T) {
 			t.Error("a retry was granted from requests that slid out of the window")
 		}
 	})
+}
+
+// attemptTimes runs p.do with a call that always fails with err, under
+// ctx, and returns when each attempt was made and when do returned,
+// relative to the start; inside a synctest bubble.
+func attemptTimes(ctx context.Context, p retryPolicy, err error) (attempts []time.Duration, returned time.Duration) {
+	start := time.Now()
+	p.do(ctx, func() ([]byte, error) {
+		attempts = append(attempts, time.Since(start))
+		return nil, err
+	})
+	return attempts, time.Since(start)
+}
+
+// TestRetryPolicyBacksOffWithJitterWithinTheDeadline checks the waits on a
+// fake clock: 10–20 ms then 20–40 ms (half the delay plus jitter of up to
+// half, the delay doubling), never a wait that would outlast the request's
+// deadline, and none after the caller has gone.
+func TestRetryPolicyBacksOffWithJitterWithinTheDeadline(t *testing.T) {
+	network := &upstreamError{Op: "getUsers", Kind: failNetwork}
+	ms := time.Millisecond
+	tests := []struct {
+		name      string
+		jitter    float64
+		deadline  time.Duration // 0: none
+		cancelAt  time.Duration // 0: never
+		attempts  string
+		returnsAt time.Duration
+	}{
+		{"no jitter", 0, 0, 0, "[0s 10ms 30ms]", 30 * ms},
+		{"most jitter", 0.5, 0, 0, "[0s 15ms 45ms]", 45 * ms},
+		{"a wait that would outlast the deadline is not made", 0, 25 * ms, 0, "[0s 10ms]", 10 * ms},
+		{"the caller leaves during a wait", 0, 0, 5 * ms, "[0s]", 5 * ms},
+	}
+	for _, tt := range tests {
+		synctest.Test(t, func(t *testing.T) {
+			ctx := t.Context()
+			if tt.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.deadline)
+				defer cancel()
+			}
+			if tt.cancelAt > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				time.AfterFunc(tt.cancelAt, cancel)
+			}
+			p := retryPolicy{Attempts: 3, BaseDelay: 20 * ms, Jitter: func() float64 { return tt.jitter }}
+			attempts, returned := attemptTimes(ctx, p, network)
+			if fmt.Sprint(attempts) != tt.attempts || returned != tt.returnsAt {
+				t.Errorf("%s: attempts at %v, returned at %v; want %s, %v", tt.name, attempts, returned, tt.attempts, tt.returnsAt)
+			}
+		})
+	}
+}
+
+func TestRetryableFailures(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{&upstreamError{Kind: failNetwork}, true},
+		{&upstreamError{Kind: failStatus, Status: 502}, true},
+		{&upstreamError{Kind: failStatus, Status: 504}, true},
+		{&upstreamError{Kind: failStatus, Status: 500}, false},
+		{&upstreamError{Kind: failUnavailable, Status: 503}, true},
+		{&upstreamError{Kind: failUnavailable, Status: 503, RetryAfter: time.Second}, false},
+		{&upstreamError{Kind: failTimeout}, false},
+		{&upstreamError{Kind: failMalformed}, false},
+		{&upstreamError{Kind: failNotFound, Status: 404}, false},
+		{errors.New("not an upstream error"), false},
+	}
+	for _, tt := range tests {
+		if got := retryable(tt.err); got != tt.want {
+			t.Errorf("retryable(%v) = %v; want %v", tt.err, got, tt.want)
+		}
+	}
 }
