@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -176,4 +177,50 @@ func TestNothingAcknowledgedIsLost(t *testing.T) {
 			t.Errorf("%d acknowledged, %d refused; want 450 and 50", acked, refused)
 		}
 	})
+}
+
+// TestIdempotencyKeyRetriedAfterAFailureIsInFlightAgain: after a failed
+// attempt, a retry takes the key again, so one more request with the same
+// key while the retry runs is 409, not a third write.
+func TestIdempotencyKeyRetriedAfterAFailureIsInFlightAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := quietMock()
+		var mode atomic.Value
+		mode.Store("fail")
+		release := make(chan struct{})
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if mode.Load() == "fail" {
+				http.Error(w, "", 500)
+				return
+			}
+			<-release
+			m.ServeHTTP(w, r)
+		}), nil)
+		body := `{"name": "Retry", "userId": "1"}`
+		if code := g.post("/addEvent", body, "Idempotency-Key", "r").Code; code != 502 {
+			t.Fatalf("first attempt = %d; want 502", code)
+		}
+		mode.Store("slow")
+		done := make(chan int)
+		go func() { done <- g.post("/addEvent", body, "Idempotency-Key", "r").Code }()
+		synctest.Wait()
+		if code := g.post("/addEvent", body, "Idempotency-Key", "r").Code; code != 409 {
+			t.Errorf("the same key while its retry runs = %d; want 409", code)
+		}
+		close(release)
+		if code := <-done; code != 200 {
+			t.Errorf("the retry = %d; want 200", code)
+		}
+	})
+}
+
+func TestIdempotencyKeyLength(t *testing.T) {
+	g := newTestGateway(t, quietMock(), nil)
+	body := `{"name": "x", "userId": "1"}`
+	if code := g.post("/addEvent", body, "Idempotency-Key", strings.Repeat("k", 255)).Code; code != 200 {
+		t.Errorf("a key of 255 characters = %d; want 200", code)
+	}
+	if code := g.post("/addEvent", body, "Idempotency-Key", strings.Repeat("k", 256)).Code; code != 400 {
+		t.Errorf("a key of 256 characters = %d; want 400", code)
+	}
 }
