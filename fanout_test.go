@@ -42,7 +42,6 @@ func (f *fakeEventAPI) addUser(id string, n int) {
 }
 
 func (f *fakeEventAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
 	if strings.HasPrefix(r.URL.Path, "/getUserById/") {
 		events, ok := f.users[r.URL.Path[len("/getUserById/"):]]
 		if !ok {
@@ -52,7 +51,7 @@ func (f *fakeEventAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"events": events})
 		return
 	}
-	id = r.URL.Path[len("/getEventById/"):]
+	id := r.URL.Path[len("/getEventById/"):]
 	f.mu.Lock()
 	f.calls[id]++
 	f.inflight++

@@ -132,7 +132,7 @@ func TestNothingAcknowledgedIsLost(t *testing.T) {
 			refuse := n%10 == 0
 			mu.Unlock()
 			if refuse {
-				http.Error(w, `{"error": "busy"}`, 503)
+				http.Error(w, `{"error": "busy"}`, http.StatusServiceUnavailable)
 				return
 			}
 			m.ServeHTTP(w, r)

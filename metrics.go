@@ -176,7 +176,7 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&b, "# HELP eventgate_client_connections Client connections open.\n# TYPE eventgate_client_connections gauge\neventgate_client_connections %d\n", m.connsOpen.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_client_connections_refused_total Client connections closed at once: MAX_CONNECTIONS were open and none was idle.\n# TYPE eventgate_client_connections_refused_total counter\neventgate_client_connections_refused_total %d\n", m.connsRefuse.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_client_connections_idle_closed_total Idle keep-alive client connections closed to make room for a new one at MAX_CONNECTIONS.\n# TYPE eventgate_client_connections_idle_closed_total counter\neventgate_client_connections_idle_closed_total %d\n", m.connsIdle.Load())
-	fmt.Fprintf(&b, "# HELP go_goroutines Number of goroutines that currently exist.\n# TYPE go_goroutines gauge\ngo_goroutines %d\n", m.goroutines())
+	writeProcessMetrics(&b)
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	w.Write(b.Bytes())

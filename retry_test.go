@@ -39,7 +39,7 @@ func TestRetriesAreNeverMadeForWritesOrTimeouts(t *testing.T) {
 		var calls atomic.Int64
 		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			calls.Add(1)
-			http.Error(w, "", 502)
+			http.Error(w, "", http.StatusBadGateway)
 		}), nil)
 		g.post("/addEvent", `{"name": "a", "userId": "1"}`)
 		if n := calls.Load(); n != 1 {

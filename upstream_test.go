@@ -66,12 +66,12 @@ var upstreamFaults = []struct {
 		}
 	}, 502, "larger than this gateway accepts (8 MiB)"},
 	{"500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "panic: nil map", 500) }, 502, "status 500"},
-	{"502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", 502) }, 502, "status 502"},
+	{"502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", http.StatusBadGateway) }, 502, "status 502"},
 	{"503", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "7")
-		http.Error(w, "busy", 503)
+		http.Error(w, "busy", http.StatusServiceUnavailable)
 	}, 503, "retry after 7 seconds"},
-	{"504", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "timeout", 504) }, 502, "status 504"},
+	{"504", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "timeout", http.StatusGatewayTimeout) }, 502, "status 504"},
 }
 
 func TestUpstreamFaultsOverTCP(t *testing.T) {
