@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"io"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -41,4 +43,65 @@ func TestRunReadsDotEnvButTheEnvironmentWins(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "LOG_FORMAT") {
 		t.Errorf("run error = %v; want the .env's LOG_FORMAT refused (and its BREAKER_THRESHOLD overridden)", err)
 	}
+}
+
+// TestConfigDocsMatchTheDefaults keeps .env.example, the README's
+// configuration table and the code's defaults in step: every variable in
+// each, with the same default.
+func TestConfigDocsMatchTheDefaults(t *testing.T) {
+	code := map[string]string{}
+	for _, d := range envDefaults {
+		code[d.name] = d.value
+	}
+	example, err := readDotEnv(".env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range []struct {
+		name string
+		vars map[string]string
+	}{{".env.example", example}, {"README.md", readmeDefaults(t)}} {
+		for name, value := range code {
+			if got, ok := doc.vars[name]; !ok || got != value {
+				t.Errorf("%s: %s = %q (listed: %v); the code's default is %q", doc.name, name, got, ok, value)
+			}
+		}
+		for name := range doc.vars {
+			if _, ok := code[name]; !ok {
+				t.Errorf("%s lists %s, which the code does not read", doc.name, name)
+			}
+		}
+	}
+}
+
+// readmeDefaults reads the README's configuration table: rows of
+// | `NAME` | default | meaning |, where a row may name several variables
+// ("`A`, `B` | 1, 2"), and a default in parentheses means empty.
+func readmeDefaults(t *testing.T) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("^\\| ((?:`[A-Z_]+`(?:, )?)+) \\| ([^|]*) \\|")
+	vars := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		m := row.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		names := strings.Split(strings.ReplaceAll(m[1], "`", ""), ", ")
+		values := strings.Split(strings.TrimSpace(m[2]), ", ")
+		if len(values) != len(names) {
+			values = []string{strings.TrimSpace(m[2])}
+		}
+		for i, name := range names {
+			v := values[min(i, len(values)-1)]
+			if strings.HasPrefix(v, "(") {
+				v = ""
+			}
+			vars[name] = v
+		}
+	}
+	return vars
 }
