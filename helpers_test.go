@@ -122,7 +122,7 @@ func (g *testGateway) serve(req *http.Request) *httptest.ResponseRecorder {
 }
 
 // errorBody decodes an error answer, failing the test if it is not the
-// JSON error of the design brief.
+// JSON error every error answer is.
 func errorBody(t *testing.T, rec *httptest.ResponseRecorder) string {
 	t.Helper()
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {

@@ -116,7 +116,7 @@ const statusClientClosed = 499
 const defaultRetryAfter = 5 * time.Second
 
 // toAPIError maps any error a handler returns to what the client is told,
-// following the status table of the design brief. Only messages written for
+// following the status table of the README. Only messages written for
 // a person reach the client: an upstream's body or Go's error text never do.
 func toAPIError(err error) *apiError {
 	var ae *apiError

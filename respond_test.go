@@ -36,7 +36,7 @@ func hangingUpstream() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
 }
 
-// TestErrorTable checks every row of the design brief's error table.
+// TestErrorTable checks every row of the README's error table.
 var longBody = `{"name": "` + strings.Repeat("x", 70<<10) + `", "userId": "1"}`
 
 var errorTable = []struct {

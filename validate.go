@@ -142,8 +142,9 @@ func parseText(v json.RawMessage, min, max int, multiline bool) (string, string)
 	return s, checkText(s, min, max, multiline)
 }
 
-// parseUserID accepts a JSON string or a whole number, as the Node service
-// did, and returns it as the string sent upstream, or what is wrong with it.
+// parseUserID accepts a JSON string or a whole number (clients of the
+// service eventgate replaced send both) and returns it as the string sent
+// upstream, or what is wrong with it.
 func parseUserID(v json.RawMessage) (string, string) {
 	var id string
 	switch s, ok := jsonString(v); {

@@ -10,13 +10,13 @@ RUNS=${RUNS:-5}
 SIZES=${SIZES-"1 10 100 1000 5000"} # SIZES="" for throughput only
 build
 
-# Throughput first, on the default data set (as the Node figures were):
+# Throughput first, on the default data set (as the earlier service was measured):
 # GET /getEvents (4 events) and a warm GET /getEventsByUserId for user 1
 # (2 events) and for user 2 after adding 98 events (100).
 start_server 3100 MOCK_ADD_CAPACITY=0
 printf '%-34s %10s %10s %8s %12s\n' "wrk -t2 -c50 -d10s" "req/s" "p99" "errors" "conns_opened"
 for path in /getEvents /getEventsByUserId/1 /getEventsByUserId/2; do
-  # After the first two: /getEvents measured on the 4 seed events, as the Node figure was.
+  # After the first two: /getEvents measured on the 4 seed events, as the earlier service was.
   [ "$path" = /getEventsByUserId/2 ] && add_events 2 98
   latency_ms "$path" > /dev/null # warms the cache
   before=$(metric eventgate_upstream_connections_opened_total)

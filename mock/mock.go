@@ -7,7 +7,7 @@
 // endpoints, and a sliding-window capacity on writes past which it answers
 // 503. The zero Options value is a well-behaved upstream with no delay, no
 // failures and unlimited capacity; DefaultOptions gives the behaviour the
-// design brief describes.
+// README describes.
 //
 // A Handler is safe for concurrent use.
 package mock
@@ -41,7 +41,7 @@ type Options struct {
 	Rand func() float64
 }
 
-// DefaultOptions returns the behaviour of the design brief: a 500 ms event
+// DefaultOptions returns the behaviour the README describes: a 500 ms event
 // delay, 5% dropped connections on the list endpoints, and at most 5 writes
 // per sliding 10 s window, each refusal after 100 ms.
 func DefaultOptions() Options {
