@@ -109,6 +109,9 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore) http.Hand
 		id := newEventID()
 		stored := false // set only once the upstream has confirmed the write
 		if key := r.Header.Get("Idempotency-Key"); key != "" {
+			if err := checkIdempotencyKey(key); err != nil {
+				return err
+			}
 			claim, err := keys.Begin(key, req.fingerprint(), id)
 			if err != nil {
 				return err

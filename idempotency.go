@@ -7,9 +7,6 @@ import (
 	"time"
 )
 
-// maxIdempotencyKey bounds an Idempotency-Key header's length.
-const maxIdempotencyKey = 255
-
 // idempotencyStore remembers Idempotency-Key headers of POST /addEvent, so
 // that a client can retry a write safely: each key is bound, on first use,
 // to the request's content and to the event id the gateway chose. A retry
@@ -49,14 +46,10 @@ func newIdempotencyStore(max int, ttl time.Duration) *idempotencyStore {
 }
 
 // Begin claims key for a request with the given content fingerprint. A new
-// key is bound to newID. It refuses a malformed key (400), a key in use by a
-// request still running (409), and a key seen with other content (422).
+// key is bound to newID. It refuses a key in use by a request still running
+// (409), and a key seen with other content (422).
 // Every claim that is not Done must be ended with Finish.
 func (s *idempotencyStore) Begin(key, fingerprint, newID string) (claim, error) {
-	if len(key) > maxIdempotencyKey || !printableASCII(key) {
-		return claim{}, errorf(http.StatusBadRequest,
-			"Idempotency-Key must be 1 to %d visible ASCII characters", maxIdempotencyKey)
-	}
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()

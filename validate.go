@@ -222,6 +222,18 @@ func printableASCII(s string) bool {
 	return true
 }
 
+// maxIdempotencyKey bounds an Idempotency-Key header's length.
+const maxIdempotencyKey = 255
+
+// checkIdempotencyKey refuses an Idempotency-Key that is not 1 to 255
+// visible ASCII characters: it is remembered, and logged.
+func checkIdempotencyKey(key string) error {
+	if key == "" || len(key) > maxIdempotencyKey || !printableASCII(key) {
+		return errorf(http.StatusBadRequest, "Idempotency-Key must be 1 to %d visible ASCII characters", maxIdempotencyKey)
+	}
+	return nil
+}
+
 // isJSONMediaType reports whether a Content-Type header names JSON.
 func isJSONMediaType(v string) bool {
 	mt, _, err := mime.ParseMediaType(v)
