@@ -37,8 +37,10 @@ type config struct {
 	MaxUserEvents       int   // event ids taken from one user
 	MaxResponseBytes    int64 // the events of one answer
 
-	IdempotencyTTL  time.Duration
-	IdempotencyKeys int
+	IdempotencyTTL    time.Duration
+	IdempotencyKeys   int
+	IdempotencyBytes  int64
+	IdempotencySecret []byte // nil: a random one, so keys hold within this process only
 
 	APIToken  string // empty: POST /addEvent is open
 	LogLevel  slog.Level
@@ -69,6 +71,8 @@ var envDefaults = []struct{ name, value string }{
 	{"MAX_RESPONSE_BYTES", "32MiB"},
 	{"IDEMPOTENCY_TTL", "24h"},
 	{"IDEMPOTENCY_KEYS", "100000"},
+	{"IDEMPOTENCY_BYTES", "32MiB"},
+	{"IDEMPOTENCY_SECRET", ""},
 	{"API_TOKEN", ""},
 	{"LOG_LEVEL", "info"},
 	{"LOG_FORMAT", "text"},
@@ -102,6 +106,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		MaxResponseBytes:    p.bytes("MAX_RESPONSE_BYTES", 64<<10),
 		IdempotencyTTL:      p.duration("IDEMPOTENCY_TTL", time.Second),
 		IdempotencyKeys:     p.int("IDEMPOTENCY_KEYS", 1, 100_000_000),
+		IdempotencyBytes:    p.bytes("IDEMPOTENCY_BYTES", 64<<10),
+		IdempotencySecret:   p.secret("IDEMPOTENCY_SECRET", minSecretBytes),
 		APIToken:            p.get("API_TOKEN"),
 		LogLevel:            p.level("LOG_LEVEL"),
 		LogFormat:           p.oneOf("LOG_FORMAT", "text", "json"),
@@ -167,6 +173,19 @@ func (p *envParser) duration(name string, lo time.Duration) time.Duration {
 		p.fail(name, v, fmt.Sprintf("want a duration of at least %v, like 500ms or 2s", lo))
 	}
 	return d
+}
+
+// secret reads a secret of at least min bytes; empty is nil. Its value is
+// never written into an error.
+func (p *envParser) secret(name string, min int) []byte {
+	v := p.get(name)
+	if v == "" {
+		return nil
+	}
+	if len(v) < min {
+		p.fail(name, fmt.Sprintf("(%d bytes, not shown)", len(v)), fmt.Sprintf("want at least %d bytes, like the output of: openssl rand -hex 32", min))
+	}
+	return []byte(v)
 }
 
 // byteUnits are the suffixes bytes accepts, longest first.

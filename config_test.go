@@ -22,13 +22,14 @@ func TestRunRefusesABadVariable(t *testing.T) {
 		{"REQUEST_TIMEOUT", "2s"}, // not longer than UPSTREAM_TIMEOUT
 		{"MAX_RESPONSE_BYTES", "32MB"},
 		{"EVENT_CACHE_BYTES", "1KiB"},
+		{"IDEMPOTENCY_SECRET", "too-short-s3cret"},
 	}
 	// Cancelled: were a bad value accepted, run would return at once, not serve.
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	for _, tt := range tests {
 		err := run(ctx, []string{"eventgate", "-env-file="}, envOf(map[string]string{tt.name: tt.value}), io.Discard, io.Discard)
-		if err == nil || !strings.Contains(err.Error(), tt.name) {
+		if err == nil || !strings.Contains(err.Error(), tt.name) || strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("%s=%q: run error = %v; want one naming %s", tt.name, tt.value, err, tt.name)
 		}
 	}

@@ -5,9 +5,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -95,7 +93,7 @@ func handleReady(ready *atomic.Bool) http.Handler {
 // handleAddEvent stores a new event upstream under a fresh id. Writes pass
 // the circuit breaker; with an Idempotency-Key, a retried request reuses
 // its first id, so the upstream (which stores an id once) never holds it twice.
-func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore) http.Handler {
+func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDeriver) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		body, err := readWriteBody(w, r, maxAddEventBody, up.timeout)
 		if err != nil {
@@ -108,11 +106,12 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore) http.Hand
 
 		id := newEventID()
 		stored := false // set only once the upstream has confirmed the write
-		if key := r.Header.Get("Idempotency-Key"); key != "" {
-			if err := checkIdempotencyKey(key); err != nil {
+		if values := r.Header.Values("Idempotency-Key"); len(values) > 0 {
+			key, err := parseIdempotencyKey(values)
+			if err != nil {
 				return err
 			}
-			claim, err := keys.Begin(key, req.fingerprint(), id)
+			claim, err := keys.Begin(key, req.fingerprint(), ids.forKey(key))
 			if err != nil {
 				return err
 			}
@@ -124,7 +123,7 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore) http.Hand
 			id = claim.ID
 			// Deferred, so that the key is free again whatever happens
 			// below, a panic included.
-			defer func() { keys.Finish(key, stored) }()
+			defer func() { keys.Finish(claim, stored) }()
 		}
 
 		ev := newEvent{ID: id, Name: req.Name, UserID: req.UserID, Details: req.Details}
@@ -139,10 +138,4 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore) http.Hand
 		encode(w, http.StatusOK, map[string]any{"success": true, "id": id})
 		return nil
 	})
-}
-
-// newEventID returns a new random event id. It comes from crypto/rand, so
-// two requests in the same instant, or on two instances, never collide.
-func newEventID() string {
-	return "event-" + strings.ToLower(rand.Text())
 }

@@ -50,9 +50,17 @@ func TestIdempotencyKeyMakesRetriesSafe(t *testing.T) {
 			t.Errorf("another key = %d %q; want a new event", rec.Code, rec.Body)
 		}
 
+		// Past IDEMPOTENCY_TTL this process has forgotten k-1: the write goes
+		// to the upstream again, but under the id derived from the key, which
+		// the upstream holds already: still one event.
 		time.Sleep(g.cfg.IdempotencyTTL + time.Second)
-		if rec := g.post("/addEvent", body, "Idempotency-Key", "k-1"); addedID(rec.Body.String()) == addedID(first.Body.String()) {
-			t.Error("a key was still remembered after IDEMPOTENCY_TTL")
+		calls := g.transport.calls.Load()
+		rec = g.post("/addEvent", body, "Idempotency-Key", "k-1")
+		if rec.Code != 200 || addedID(rec.Body.String()) != addedID(first.Body.String()) || rec.Header().Get("Idempotent-Replayed") != "" || g.transport.calls.Load() != calls+1 {
+			t.Errorf("k-1 after IDEMPOTENCY_TTL = %d %q, replayed %q; want 200 with the same id, sent upstream again, not replayed", rec.Code, rec.Body, rec.Header().Get("Idempotent-Replayed"))
+		}
+		if u, _ := m.User("2"); len(u.Events) != 3 {
+			t.Errorf("user 2 has events %v; want event-2 and the two keys' events, once each", u.Events)
 		}
 	})
 }
@@ -105,16 +113,77 @@ func TestIdempotencyKeyInUseIsRefused(t *testing.T) {
 }
 
 func TestIdempotencyStoreIsBounded(t *testing.T) {
-	s := newIdempotencyStore(2, time.Hour)
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
 	for _, k := range []string{"a", "b", "c"} {
-		s.Begin(k, "fp", "id-"+k)
-		s.Finish(k, true)
+		c, _ := s.Begin(k, "fp", "id-"+k)
+		s.Finish(c, true)
 	}
 	if c, _ := s.Begin("a", "fp", "new"); c.Done || c.ID != "new" {
 		t.Errorf("oldest key a still remembered past the bound: %+v", c)
 	}
 	if c, _ := s.Begin("c", "fp", "new"); !c.Done || c.ID != "id-c" {
 		t.Errorf("newest key c forgotten: %+v", c)
+	}
+}
+
+// TestIdempotencyStoreNeverForgetsAWriteInFlight fills the store with keys
+// in flight: a new key is refused with 503 and Retry-After instead of one
+// of them being forgotten; once one finishes, it is the one forgotten.
+func TestIdempotencyStoreNeverForgetsAWriteInFlight(t *testing.T) {
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
+	a, _ := s.Begin("a", "fp", "id-a")
+	s.Begin("b", "fp", "id-b")
+	_, err := s.Begin("c", "fp", "id-c")
+	if ae := toAPIError(err); ae.Status != 503 || ae.RetryAfter < time.Second {
+		t.Fatalf("a third key with two in flight = %v; want 503 with Retry-After", err)
+	}
+	for _, k := range []string{"a", "b"} {
+		if _, err := s.Begin(k, "fp", "other"); toAPIError(err).Status != 409 {
+			t.Errorf("key %s after the refusal = %v; want 409, still in flight", k, err)
+		}
+	}
+	s.Finish(a, false)
+	if c, err := s.Begin("c", "fp", "id-c"); err != nil || c.ID != "id-c" {
+		t.Errorf("a third key once a is finished = %+v, %v; want it claimed", c, err)
+	}
+	if _, err := s.Begin("b", "fp", "other"); toAPIError(err).Status != 409 {
+		t.Errorf("b after c took a's place = %v; want 409, still in flight", err)
+	}
+}
+
+// TestIdempotencyStoreEndsAClaimByItsIdentity: a claim whose key was
+// forgotten and claimed again meanwhile ends only itself, not the new
+// claim, which a later retry would otherwise find "done".
+func TestIdempotencyStoreEndsAClaimByItsIdentity(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxKeys: 10})
+		c1, _ := s.Begin("k", "fp", "id-1")
+		s.Finish(c1, false)
+		time.Sleep(2 * time.Minute) // k is forgotten …
+		c2, _ := s.Begin("k", "fp", "id-2")
+		s.Finish(c1, true) // … so the first claim's success, arriving late, is not k's
+		if c, err := s.Begin("k", "fp", "id-3"); err == nil || c.Done {
+			t.Errorf("k after an old claim ended = %+v, %v; want 409: the new claim still runs, and nothing is done", c, err)
+		}
+		s.Finish(c2, false)
+		if c, err := s.Begin("k", "fp", "id-3"); err != nil || c.Done || c.ID != "id-2" {
+			t.Errorf("k after its own claim failed = %+v, %v; want a retry with id-2", c, err)
+		}
+	})
+}
+
+func TestIdempotencyStoreIsBoundedInBytes(t *testing.T) {
+	cost := int64(len("k0") + len("fp") + len("id") + entryOverhead)
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 100, MaxBytes: 3 * cost})
+	for i := range 4 {
+		c, _ := s.Begin(fmt.Sprint("k", i), "fp", "id")
+		s.Finish(c, true)
+	}
+	if c, _ := s.Begin("k0", "fp", "new"); c.Done {
+		t.Error("k0 still remembered with a fourth key past a bound of three keys' bytes")
+	}
+	if c, _ := s.Begin("k3", "fp", "new"); !c.Done {
+		t.Error("k3, the newest, forgotten")
 	}
 }
 
@@ -223,4 +292,55 @@ func TestIdempotencyKeyLength(t *testing.T) {
 	if code := g.post("/addEvent", body, "Idempotency-Key", strings.Repeat("k", 256)).Code; code != 400 {
 		t.Errorf("a key of 256 characters = %d; want 400", code)
 	}
+}
+
+// TestKeyedWriteAcrossTwoInstances runs two gateways in front of one
+// upstream, as behind a load balancer: the same key sent to each (and
+// again to a third that just started, as after a restart) makes one event,
+// and every answer carries its id. Without the shared secret, it would make
+// one event per instance.
+func TestKeyedWriteAcrossTwoInstances(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := quietMock()
+		shared := func(c *config) { c.IdempotencySecret = []byte(strings.Repeat("x", 32)) }
+		a, b := newTestGateway(t, m, shared), newTestGateway(t, m, shared)
+		body := `{"name": "Once", "userId": "3"}`
+		var ids []string
+		for _, g := range []*testGateway{a, b, a, newTestGateway(t, m, shared)} {
+			rec := g.post("/addEvent", body, "Idempotency-Key", `"order-77"`)
+			if rec.Code != 200 {
+				t.Fatalf("POST = %d %q", rec.Code, rec.Body)
+			}
+			ids = append(ids, addedID(rec.Body.String()))
+		}
+		if ids[0] == "" || ids[1] != ids[0] || ids[2] != ids[0] || ids[3] != ids[0] {
+			t.Errorf("ids answered %v; want one id for the key on every instance", ids)
+		}
+		if u, _ := m.User("3"); len(u.Events) != 2 || u.Events[1] != ids[0] {
+			t.Errorf("user 3's events %v; want event-4 and %s, once", u.Events, ids[0])
+		}
+
+		alone := newTestGateway(t, m, nil) // its own random secret
+		if rec := alone.post("/addEvent", body, "Idempotency-Key", `"order-77"`); addedID(rec.Body.String()) == ids[0] {
+			t.Error("an instance without the shared secret derived the same id")
+		}
+	})
+}
+
+// TestIdempotencyKeyInFlightOutlivesItsTTL: a key whose write is still
+// running when IDEMPOTENCY_TTL passes is kept (a retry is 409) until the
+// write ends; then it expires.
+func TestIdempotencyKeyInFlightOutlivesItsTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxKeys: 10})
+		c, _ := s.Begin("slow", "fp", "id-1")
+		time.Sleep(2 * time.Minute)
+		if _, err := s.Begin("slow", "fp", "id-2"); toAPIError(err).Status != 409 {
+			t.Errorf("the key of a write still running past the TTL = %v; want 409", err)
+		}
+		s.Finish(c, false)
+		if c, err := s.Begin("slow", "fp", "id-2"); err != nil || c.ID != "id-2" {
+			t.Errorf("once finished and past the TTL = %+v, %v; want a fresh claim", c, err)
+		}
+	})
 }

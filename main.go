@@ -122,6 +122,11 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 	} else {
 		attrs = append(attrs, "writes", "bearer token required")
 	}
+	if cfg.IdempotencySecret == nil {
+		attrs = append(attrs, "idempotency_keys", "within this process only: IDEMPOTENCY_SECRET is not set")
+	} else {
+		attrs = append(attrs, "idempotency_keys", "shared by every instance with this IDEMPOTENCY_SECRET")
+	}
 	return serve(ctx, srv, cfg, logger, "eventgate listening", s.ready, limit, attrs...)
 }
 

@@ -17,6 +17,7 @@ type services struct {
 	loader  *eventLoader      // events by id: bounded fan-out, cache, coalescing
 	breaker *breaker          // guards POST /addEvent
 	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
+	ids     idDeriver         // the event ids of keyed writes
 	metrics *metrics
 	ready   *atomic.Bool // false once shutdown has begun
 }
@@ -68,7 +69,8 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		up:      up,
 		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
 		breaker: br,
-		keys:    newIdempotencyStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
+		keys:    newIdempotencyStore(storeOptions{TTL: cfg.IdempotencyTTL, MaxKeys: cfg.IdempotencyKeys, MaxBytes: cfg.IdempotencyBytes}),
+		ids:     newIDDeriver(cfg.IdempotencySecret, cfg.APIToken),
 		metrics: m,
 		ready:   ready,
 	}
@@ -87,7 +89,7 @@ func routes(cfg config, s services) []route {
 		{"GET /getUsers", handleList(s.up.Users)},
 		{"GET /getEvents", handleList(s.up.Events)},
 		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader)},
-		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys))},
+		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids))},
 		{"GET /health", handleHealth(s.breaker, s.metrics)},
 		{"GET /ready", handleReady(s.ready)},
 		{"GET /metrics", s.metrics},

@@ -222,16 +222,52 @@ func printableASCII(s string) bool {
 	return true
 }
 
-// maxIdempotencyKey bounds an Idempotency-Key header's length.
+// maxIdempotencyKey bounds an Idempotency-Key's length, in characters.
 const maxIdempotencyKey = 255
 
-// checkIdempotencyKey refuses an Idempotency-Key that is not 1 to 255
-// visible ASCII characters: it is remembered, and logged.
-func checkIdempotencyKey(key string) error {
-	if key == "" || len(key) > maxIdempotencyKey || !printableASCII(key) {
-		return errorf(http.StatusBadRequest, "Idempotency-Key must be 1 to %d visible ASCII characters", maxIdempotencyKey)
+// parseIdempotencyKey reads the Idempotency-Key header as
+// draft-ietf-httpapi-idempotency-key-header defines it, a structured-field
+// string ("..." with \" and \\ escapes, RFC 8941), or, leniently, bare
+// visible ASCII. The key is 1 to 255 characters. More than one header line
+// is ambiguous, and refused.
+func parseIdempotencyKey(values []string) (string, error) {
+	bad := errorf(http.StatusBadRequest,
+		`Idempotency-Key must be one value: a quoted string ("...") or bare visible ASCII, of 1 to %d characters`, maxIdempotencyKey)
+	if len(values) != 1 {
+		return "", bad
 	}
-	return nil
+	v := strings.Trim(values[0], " \t")
+	key, ok := v, printableASCII(v)
+	if strings.HasPrefix(v, `"`) {
+		key, ok = parseSFString(v)
+	}
+	if !ok || key == "" || len(key) > maxIdempotencyKey {
+		return "", bad
+	}
+	return key, nil
+}
+
+// parseSFString reads a structured-field string: printable ASCII between
+// double quotes, where only \" and \\ are escapes, and nothing after.
+func parseSFString(v string) (string, bool) {
+	var b strings.Builder
+	for i := 1; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '\\':
+			i++
+			if i == len(v) || v[i] != '"' && v[i] != '\\' {
+				return "", false
+			}
+			b.WriteByte(v[i])
+		case c == '"':
+			return b.String(), i == len(v)-1
+		case c < 0x20 || c > 0x7e:
+			return "", false
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return "", false // no closing quote
 }
 
 // isJSONMediaType reports whether a Content-Type header names JSON.

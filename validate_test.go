@@ -256,3 +256,35 @@ func FuzzParseAddEvent(f *testing.F) {
 		}
 	})
 }
+
+func TestIdempotencyKeyHeader(t *testing.T) {
+	tests := []struct {
+		values []string
+		want   string // "" for a refusal
+	}{
+		{[]string{`8e03978e-40d5-43e8-bc93-6894a57f9324`}, "8e03978e-40d5-43e8-bc93-6894a57f9324"},
+		{[]string{`"8e03978e-40d5-43e8-bc93-6894a57f9324"`}, "8e03978e-40d5-43e8-bc93-6894a57f9324"},
+		{[]string{`  "spaces inside are allowed"  `}, "spaces inside are allowed"},
+		{[]string{`"a \"quoted\" \\ key"`}, `a "quoted" \ key`},
+		{[]string{`"` + strings.Repeat("k", 255) + `"`}, strings.Repeat("k", 255)},
+		{[]string{`"` + strings.Repeat("k", 256) + `"`}, ""},
+		{[]string{`"unterminated`}, ""},
+		{[]string{`"a" trailing`}, ""},
+		{[]string{`"bad \n escape"`}, ""},
+		{[]string{"\"tab\tinside\""}, ""},
+		{[]string{`""`}, ""},
+		{[]string{``}, ""},
+		{[]string{`bare with spaces`}, ""},
+		{[]string{"caf\u00e9"}, ""},
+		{[]string{"a", "b"}, ""},
+	}
+	for _, tt := range tests {
+		got, err := parseIdempotencyKey(tt.values)
+		if got != tt.want || (err == nil) != (tt.want != "") {
+			t.Errorf("parseIdempotencyKey(%q) = %q, %v; want %q", tt.values, got, err, tt.want)
+		}
+		if err != nil && toAPIError(err).Status != 400 {
+			t.Errorf("parseIdempotencyKey(%q) refused with %v; want 400", tt.values, err)
+		}
+	}
+}
