@@ -80,6 +80,8 @@ var envDefaults = []struct{ name, value string }{
 	{"MOCK_FAIL_RATE", "0.05"},
 	{"MOCK_ADD_CAPACITY", "5"},
 	{"MOCK_ADD_WINDOW", "10s"},
+	{"MOCK_EVENT_TAIL_RATE", "0"},
+	{"MOCK_EVENT_TAIL_DELAY", "2s"},
 }
 
 // loadConfig reads the configuration through getenv, falling back to the
@@ -116,6 +118,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 			FailRate:    p.fraction("MOCK_FAIL_RATE"),
 			AddCapacity: p.int("MOCK_ADD_CAPACITY", 0, 1_000_000_000),
 			AddWindow:   p.duration("MOCK_ADD_WINDOW", time.Millisecond),
+			TailRate:    p.fraction("MOCK_EVENT_TAIL_RATE"),
+			TailDelay:   p.duration("MOCK_EVENT_TAIL_DELAY", 0),
 			RejectDelay: 100 * time.Millisecond,
 		},
 	}

@@ -23,8 +23,12 @@ import (
 
 // Options sets how the mock behaves. Zero values mean "well-behaved".
 type Options struct {
-	// EventDelay is how long GET /getEventById/{id} waits before answering.
+	// EventDelay is how long GET /getEventById/{id} waits before answering …
 	EventDelay time.Duration
+	// … except TailRate (0 to 1) of the time, when it waits TailDelay: a
+	// heavy-tailed upstream, where a large fan-out meets slow lookups.
+	TailRate  float64
+	TailDelay time.Duration
 	// FailRate is the fraction (0 to 1) of GET /getUsers and GET /getEvents
 	// requests answered by dropping the connection.
 	FailRate float64
@@ -206,7 +210,11 @@ func (h *Handler) getUserByID(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) getEventByID(w http.ResponseWriter, r *http.Request) {
-	if !wait(r, h.opts.EventDelay) {
+	delay := h.opts.EventDelay
+	if h.opts.TailRate > 0 && h.opts.Rand() < h.opts.TailRate {
+		delay = h.opts.TailDelay
+	}
+	if !wait(r, delay) {
 		return
 	}
 	e, ok := h.Event(r.PathValue("id"))

@@ -74,6 +74,22 @@ func TestEventLookupWaitsTheDelay(t *testing.T) {
 	})
 }
 
+// TestEventLookupHasATail: TailRate of event lookups take TailDelay.
+func TestEventLookupHasATail(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		draws := []float64{0.5, 0.005, 0.02}
+		var i int
+		h := New(Options{EventDelay: 20 * time.Millisecond, TailRate: 0.01, TailDelay: time.Second, Rand: func() float64 { i++; return draws[i-1] }})
+		for n, want := range []time.Duration{20 * time.Millisecond, time.Second, 20 * time.Millisecond} {
+			start := time.Now()
+			serve(h, "GET", "/getEventById/event-1", "")
+			if took := time.Since(start); took != want {
+				t.Errorf("lookup %d (draw %v) took %v; want %v", n, draws[n], took, want)
+			}
+		}
+	})
+}
+
 func TestListEndpointsDropConnectionsAtTheFailRate(t *testing.T) {
 	draws := []float64{0.01, 0.5, 0.04, 0.9}
 	var i int
