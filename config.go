@@ -21,6 +21,8 @@ type config struct {
 	MaxConnections  int    // client connections open at once
 	UpstreamURL     string // empty: start the embedded mock
 	UpstreamTimeout time.Duration
+	HedgeAuto       bool          // HEDGE_DELAY=auto: hedge after the recent p95 of the call's kind
+	HedgeDelay      time.Duration // otherwise, after this; 0: never
 	RequestTimeout  time.Duration // a whole client request, fan-out included
 	ShutdownDrain   time.Duration // /ready answers 503 this long before the listener closes
 
@@ -56,6 +58,7 @@ var envDefaults = []struct{ name, value string }{
 	{"MAX_CONNECTIONS", "10000"},
 	{"UPSTREAM_URL", ""},
 	{"UPSTREAM_TIMEOUT", "2s"},
+	{"HEDGE_DELAY", "auto"},
 	{"REQUEST_TIMEOUT", "10s"},
 	{"SHUTDOWN_DRAIN", "0s"},
 	{"BREAKER_THRESHOLD", "3"},
@@ -93,6 +96,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		MaxConnections:      p.int("MAX_CONNECTIONS", 1, 1_000_000),
 		UpstreamURL:         p.url("UPSTREAM_URL"),
 		UpstreamTimeout:     p.duration("UPSTREAM_TIMEOUT", time.Millisecond),
+		HedgeAuto:           p.get("HEDGE_DELAY") == "auto",
+		HedgeDelay:          p.durationOr("HEDGE_DELAY", "auto"),
 		RequestTimeout:      p.duration("REQUEST_TIMEOUT", time.Millisecond),
 		ShutdownDrain:       p.duration("SHUTDOWN_DRAIN", 0),
 		BreakerThreshold:    p.int("BREAKER_THRESHOLD", 1, 1_000_000),
@@ -214,6 +219,19 @@ func (p *envParser) bytes(name string, lo int64) int64 {
 	}
 	p.fail(name, v, fmt.Sprintf("want a size of at least %s, like 64MiB, 512KiB or a number of bytes", formatBytes(lo)))
 	return 0
+}
+
+// durationOr reads a duration, or the word given (then 0).
+func (p *envParser) durationOr(name, word string) time.Duration {
+	v := p.get(name)
+	if v == word {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		p.fail(name, v, fmt.Sprintf("want %s, 0 (off), or a duration like 50ms", word))
+	}
+	return d
 }
 
 func (p *envParser) fraction(name string) float64 {

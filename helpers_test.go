@@ -47,13 +47,16 @@ func (t *handlerTransport) RoundTrip(req *http.Request) (resp *http.Response, er
 	return rec.Result(), nil
 }
 
-// testConfig is the default configuration, as if no variable were set.
+// testConfig is the default configuration, as if no variable were set,
+// but with hedging off: tests of the other mechanisms count upstream calls
+// and time them exactly. The hedging tests turn it on.
 func testConfig(t testing.TB) config {
 	t.Helper()
 	cfg, err := loadConfig(func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.HedgeAuto, cfg.HedgeDelay = false, 0
 	return cfg
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"net/http"
 	"runtime"
 	"slices"
@@ -34,6 +35,11 @@ type metrics struct {
 	connsOpen   atomic.Int64          // client connections open
 	connsRefuse atomic.Uint64         // client connections closed at once: over the cap, none idle
 	connsIdle   atomic.Uint64         // idle client connections closed to make room
+	hedges      map[labels]uint64     // call, result (sent, won)
+
+	// hedgeDelays, if set, returns the current hedge delay of each call
+	// kind; set once, by wire.
+	hedgeDelays func() map[string]time.Duration
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -52,6 +58,7 @@ func newMetrics() *metrics {
 		upDuration:  map[labels]*histogram{},
 		cache:       map[labels]uint64{},
 		transitions: map[labels]uint64{},
+		hedges:      map[labels]uint64{},
 	}
 }
 
@@ -106,6 +113,18 @@ func (m *metrics) foreignEventWithheld() {
 	if m != nil {
 		m.foreign.Add(1)
 	}
+}
+
+func (m *metrics) hedgeSent(call string) { m.countHedge(call, "sent") }
+func (m *metrics) hedgeWon(call string)  { m.countHedge(call, "won") }
+
+func (m *metrics) countHedge(call, result string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.hedges[labels{call, result}]++
 }
 
 func (m *metrics) connectionsOpen(n int) {
@@ -164,7 +183,16 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		[]string{"result"}, m.cache)
 	writeCounter(&b, "eventgate_breaker_transitions_total", "Circuit breaker state changes.",
 		[]string{"from", "to"}, m.transitions)
+	writeCounter(&b, "eventgate_upstream_hedges_total", "Hedged reads: second calls sent after the hedge delay, and those that answered first.",
+		[]string{"call", "result"}, m.hedges)
 	m.mu.Unlock()
+	if m.hedgeDelays != nil {
+		fmt.Fprintf(&b, "# HELP eventgate_upstream_hedge_delay_seconds How long a read of each kind may run before it is hedged.\n# TYPE eventgate_upstream_hedge_delay_seconds gauge\n")
+		delays := m.hedgeDelays()
+		for _, call := range slices.Sorted(maps.Keys(delays)) {
+			fmt.Fprintf(&b, "eventgate_upstream_hedge_delay_seconds{call=%q} %g\n", call, delays[call].Seconds())
+		}
+	}
 
 	fmt.Fprintf(&b, "# HELP eventgate_breaker_state Circuit breaker state: 1 for the current one.\n# TYPE eventgate_breaker_state gauge\n")
 	for _, s := range []breakerState{stateClosed, stateOpen, stateHalfOpen} {

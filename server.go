@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // services are the dependencies the handlers share.
@@ -28,7 +29,7 @@ type services struct {
 func (s services) Close() {
 	s.loader.Cache.Close()
 	s.breaker.Close()
-	s.up.client.CloseIdleConnections()
+	s.up.Close()
 }
 
 // wire builds the gateway's parts from cfg; run and the tests share it.
@@ -52,9 +53,11 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		Retry:         defaultRetryPolicy(),
 		MaxUserEvents: cfg.MaxUserEvents,
 		MaxRetryAfter: cfg.BreakerBackoffMax,
+		Hedge:         newHedgePolicy(cfg.HedgeDelay, cfg.HedgeAuto, cfg.UpstreamTimeout),
 		Metrics:       m,
 		Transport:     transport,
 	})
+	m.hedgeDelays = func() map[string]time.Duration { return up.hedge.delays(time.Now()) }
 	cache := newEventCache(cacheOptions{
 		Fetch:        up.Event,
 		TTL:          cfg.EventCacheTTL,

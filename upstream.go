@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -151,7 +152,9 @@ type upstream struct {
 	retry         retryPolicy   // for idempotent reads
 	maxUserEvents int
 	maxRetryAfter time.Duration
-	metrics       *metrics // may be nil
+	hedge         *hedgePolicy   // for idempotent reads; nil: none
+	running       sync.WaitGroup // hedges in flight, waited for by Close
+	metrics       *metrics       // may be nil
 }
 
 // upstreamOptions configures newUpstream. Zero values of the optional
@@ -163,6 +166,7 @@ type upstreamOptions struct {
 	Retry         retryPolicy
 	MaxUserEvents int           // event ids taken from one user; 0 means 10,000
 	MaxRetryAfter time.Duration // the longest Retry-After passed on; 0 means 60s
+	Hedge         *hedgePolicy  // when reads are hedged; nil: never
 	Metrics       *metrics      // nil records nothing
 	Transport     http.RoundTripper
 }
@@ -191,8 +195,16 @@ func newUpstream(o upstreamOptions) *upstream {
 		retry:         o.Retry,
 		maxUserEvents: o.MaxUserEvents,
 		maxRetryAfter: o.MaxRetryAfter,
+		hedge:         o.Hedge,
 		metrics:       o.Metrics,
 	}
+}
+
+// Close waits for the hedges still running (their calls are cancelled
+// already), then closes the idle connections.
+func (u *upstream) Close() {
+	u.running.Wait()
+	u.client.CloseIdleConnections()
 }
 
 // newTransport returns a transport tuned for many parallel calls to one host.
@@ -419,10 +431,13 @@ func (u *upstream) getArray(ctx context.Context, op, path string) ([]byte, error
 	return body, nil
 }
 
-// get is an idempotent read, retried as u.retry allows.
+// get is an idempotent read, hedged as u.hedge says and retried as u.retry
+// allows; hedges and retries draw on one budget.
 func (u *upstream) get(ctx context.Context, op, path string, limit int64) ([]byte, error) {
 	return u.retry.do(ctx, func() ([]byte, error) {
-		return u.call(ctx, op, http.MethodGet, path, nil, limit)
+		return u.hedged(ctx, op, func(ctx context.Context) ([]byte, error) {
+			return u.call(ctx, op, http.MethodGet, path, nil, limit)
+		})
 	})
 }
 
@@ -440,7 +455,11 @@ func (u *upstream) call(ctx context.Context, op, method, path string, body []byt
 
 	start := time.Now()
 	out, err := u.roundTrip(ctx, op, method, path, body, limit)
-	u.metrics.observeUpstream(op, outcome(err), time.Since(start))
+	took := time.Since(start)
+	u.metrics.observeUpstream(op, outcome(err), took)
+	if err == nil {
+		u.hedge.observe(op, took, start.Add(took))
+	}
 	return out, err
 }
 
