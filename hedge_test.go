@@ -187,12 +187,12 @@ func TestAutoHedgeDelayFollowsThe95thPercentile(t *testing.T) {
 			t.Errorf("calls of 1ms: %v; want the 10ms floor", d)
 		}
 		observe("getEventById", 20, time.Second) // now 25 of 125 slow
-		if d := delay("getEventById"); d < time.Second {
-			t.Errorf("with a fifth of the calls slow: %v; want the slow ones' bucket", d)
+		if d, want := delay("getEventById"), bucketBound(bucketOf(time.Second)); d != want {
+			t.Errorf("with a fifth of the calls slow: %v; want %v, the slow ones' bucket", d, want)
 		}
 		time.Sleep(11 * time.Second) // into the next window: the last one still counts
-		if d := delay("getEventById"); d < time.Second {
-			t.Errorf("11s later: %v; want the last window's calls still counted", d)
+		if d, want := delay("getEventById"), bucketBound(bucketOf(time.Second)); d != want {
+			t.Errorf("11s later: %v; want %v, the last window's calls still counted", d, want)
 		}
 		time.Sleep(25 * time.Second) // both windows pass
 		if d := delay("getEventById"); d != time.Second {
