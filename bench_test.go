@@ -5,13 +5,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"eventgate/mock"
 )
 
 // BenchmarkFanout makes the lookups of a cold fan-out of N events over
@@ -45,30 +44,51 @@ func BenchmarkFanout(b *testing.B) {
 }
 
 // BenchmarkMockRound is one cold round of 1,000 event lookups against the
-// default mock (500 ms per lookup) over loopback TCP, as bench/fanout.sh
-// measures it but without the gateway's HTTP front, "gateway" and "bare" as
-// in BenchmarkFanout. Each iteration takes over half a second, so give it a
-// count:
+// default mock (500 ms per lookup) running in a process of its own, over
+// loopback TCP, as bench/fanout.sh measures it but without the gateway's
+// HTTP front: "gateway" through the event loader wired as the gateway wires
+// it (hedging on), "bare" with 1,000 goroutines and a plain http.Client.
+// allocs/lookup counts this process's allocations only (the mock's are its
+// own). Each iteration takes over half a second, so give it a count:
 //
-//	go test -run '^$' -bench MockRound -benchtime 11x -count 3 .
+//	go test -run '^$' -bench MockRound -benchtime 11x -count 5 .
 func BenchmarkMockRound(b *testing.B) {
-	opts := mock.DefaultOptions()
-	opts.AddCapacity = 0
-	h := mock.New(opts)
+	base := startProcess(b, "-mock", "MOCK_ADD_CAPACITY=0", "MOCK_FAIL_RATE=0", "MOCK_EVENT_DELAY=500ms")
 	ids := make([]string, 1000)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("bench-%d", i)
 		body := fmt.Sprintf(`{"id": %q, "name": "bench", "userId": "3"}`, ids[i])
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("POST", "/addEvent", strings.NewReader(body)))
-		if rec.Code != 200 {
-			b.Fatalf("adding an event to the mock: %d %s", rec.Code, rec.Body)
+		resp, err := http.Post(base+"/addEvent", "application/json", strings.NewReader(body))
+		if err != nil || resp.StatusCode != 200 {
+			b.Fatalf("adding an event to the mock: %v %v", resp, err)
 		}
+		resp.Body.Close()
 	}
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	b.Run("gateway", func(b *testing.B) { benchLoad(b, srv.URL, "3", ids) })
-	b.Run("bare", func(b *testing.B) { benchGetAll(b, srv.URL, ids) })
+	http.DefaultClient.CloseIdleConnections()
+	perLookup := func(b *testing.B) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(ms.Mallocs-startMallocs)/float64(b.N)/float64(len(ids)), "allocs/lookup")
+	}
+	b.Run("gateway", func(b *testing.B) {
+		startMallocs = mallocs()
+		benchLoad(b, base, "3", ids)
+		perLookup(b)
+	})
+	b.Run("bare", func(b *testing.B) {
+		startMallocs = mallocs()
+		benchGetAll(b, base, ids)
+		perLookup(b)
+	})
+}
+
+// startMallocs is the allocation count when a sub-benchmark began.
+var startMallocs uint64
+
+func mallocs() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.Mallocs
 }
 
 // benchLoad loads ids, events of user owner, from the upstream at base
@@ -76,7 +96,8 @@ func BenchmarkMockRound(b *testing.B) {
 // off, once per iteration.
 func benchLoad(b *testing.B, base, owner string, ids []string) {
 	cfg := testConfig(b)
-	up := newUpstream(upstreamOptions{BaseURL: base, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight})
+	up := newUpstream(upstreamOptions{BaseURL: base, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight,
+		Retry: defaultRetryPolicy(), Hedge: newHedgePolicy(0, true, 2*time.Second)})
 	defer up.client.CloseIdleConnections()
 	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}), Limit: cfg.FanoutLimit})
 	for b.Loop() {

@@ -9,10 +9,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -265,4 +269,40 @@ func exchange(c net.Conn, head string, wait time.Duration, tail string) (int, st
 	a := <-got
 	c.Close()
 	return a.code, a.body, a.at
+}
+
+// TestMain runs this test binary as eventgate itself (main, with the
+// arguments in EVENTGATE_ARGS) when EVENTGATE_RUN_MAIN=1: tests and
+// benchmarks that need a real process of their own, with no build step.
+func TestMain(m *testing.M) {
+	if os.Getenv("EVENTGATE_RUN_MAIN") == "1" {
+		os.Args = append([]string{"eventgate", "-env-file="}, strings.Fields(os.Getenv("EVENTGATE_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// startProcess runs eventgate in a process of its own (see TestMain) with
+// the arguments and environment given and PORT=0, waits until it listens,
+// and returns its base URL; the process is stopped when tb ends.
+func startProcess(tb testing.TB, args string, env ...string) string {
+	tb.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), "EVENTGATE_RUN_MAIN=1", "EVENTGATE_ARGS="+args, "PORT=0"), env...)
+	logs := newLogWatcher()
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	<-logs.started
+	m := regexp.MustCompile(`addr=\S*?:(\d+)`).FindStringSubmatch(logs.String())
+	if m == nil {
+		tb.Fatalf("no address in the log of %s:\n%s", args, logs)
+	}
+	return "http://127.0.0.1:" + m[1]
 }

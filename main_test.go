@@ -247,11 +247,6 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 // binary, running main) with a long drain, and signals it twice: it exits
 // at once, with status 1, instead of draining for a minute.
 func TestSecondSignalStopsTheProcess(t *testing.T) {
-	if os.Getenv("EVENTGATE_RUN_MAIN") == "1" {
-		os.Args = []string{"eventgate", "-env-file="}
-		main()
-		return
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // a safety net: the drain alone is a minute
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSecondSignalStopsTheProcess$")
