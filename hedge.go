@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"math"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -170,12 +171,13 @@ type hedgeOutcome struct {
 	skipped bool // the budget allowed no hedge
 }
 
-// hedged runs call, and, if it has not answered after the hedge delay of
-// kind op and the retry budget allows, runs it once more; the first good
-// answer is returned, and the other call is cancelled at once. The first
-// call runs on the caller's goroutine; a hedge runs on one that u owns, so
-// that Close waits for it.
-func (u *upstream) hedged(ctx context.Context, op string, call func(context.Context) ([]byte, error)) ([]byte, error) {
+// hedged GETs path (a read of kind op, at most limit bytes), and, if it has
+// not answered after the hedge delay of op and the retry budget allows,
+// GETs it once more; the first good answer is returned, and the other call
+// is cancelled at once. The first call runs on the caller's goroutine; a
+// hedge runs on one that u owns, so that Close waits for it.
+func (u *upstream) hedged(ctx context.Context, op, path string, limit int64) ([]byte, error) {
+	call := func(ctx context.Context) ([]byte, error) { return u.call(ctx, op, http.MethodGet, path, nil, limit) }
 	delay, ok := u.hedge.delay(op, time.Now())
 	if !ok {
 		return call(ctx)

@@ -434,11 +434,7 @@ func (u *upstream) getArray(ctx context.Context, op, path string) ([]byte, error
 // get is an idempotent read, hedged as u.hedge says and retried as u.retry
 // allows; hedges and retries draw on one budget.
 func (u *upstream) get(ctx context.Context, op, path string, limit int64) ([]byte, error) {
-	return u.retry.do(ctx, func() ([]byte, error) {
-		return u.hedged(ctx, op, func(ctx context.Context) ([]byte, error) {
-			return u.call(ctx, op, http.MethodGet, path, nil, limit)
-		})
-	})
+	return u.retry.do(ctx, func() ([]byte, error) { return u.hedged(ctx, op, path, limit) })
 }
 
 // call makes one upstream call and returns the body of a 2xx answer, at
@@ -464,8 +460,14 @@ func (u *upstream) call(ctx context.Context, op, method, path string, body []byt
 }
 
 func (u *upstream) roundTrip(parent context.Context, op, method, path string, body []byte, limit int64) ([]byte, error) {
-	ctx, cancel := context.WithTimeoutCause(parent, u.timeout, errCallTimeout)
-	defer cancel()
+	ctx := parent
+	if dl, ok := parent.Deadline(); !ok || time.Until(dl) > u.timeout {
+		// Unless the caller's deadline is sooner already (a hedged call's
+		// shared UPSTREAM_TIMEOUT, or the request's), this call gets its own.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(parent, u.timeout, errCallTimeout)
+		defer cancel()
+	}
 
 	req, err := http.NewRequestWithContext(ctx, method, u.base+path, bytes.NewReader(body))
 	if err != nil {
