@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
@@ -17,14 +18,18 @@ import (
 
 // TestSlowWriteBodiesAreNotTheUpstreamsFault sends POST /addEvent over real
 // server connections whose bodies' last byte arrives late, with the default
-// REQUEST_TIMEOUT (10s) and UPSTREAM_TIMEOUT (2s): a body complete while 2s
-// are left is sent and stored; a later one is answered 408 at the 8s mark
-// and never sent. The breaker counts none of it, so an honest write after
-// them succeeds.
+// REQUEST_TIMEOUT (10s) and UPSTREAM_TIMEOUT (2s), to an upstream that takes
+// 1s to store: a body complete while 2s are left is sent and stored, its
+// write running past the 8s mark; a later one is answered 408 at the 8s
+// mark and never sent. The breaker counts none of it, so an honest write
+// after them succeeds.
 func TestSlowWriteBodiesAreNotTheUpstreamsFault(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := quietMock()
-		g := newTestGateway(t, m, nil)
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(time.Second)
+			m.ServeHTTP(w, r)
+		}), nil)
 		l := servePipes(t, g.cfg, g.handler, nil)
 		write := func(name string, lastByteAt time.Duration) (int, string, time.Duration) {
 			body := fmt.Sprintf(`{"name": %q, "userId": "1"}`, name)

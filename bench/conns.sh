@@ -8,12 +8,7 @@
 #   REV=87bc9ac bench/conns.sh      # an earlier commit
 source "$(dirname "$0")/lib.sh"
 NS=${NS:-"1000 5000 12000"}
-if [ -n "${REV:-}" ]; then
-  mkdir -p "$WORK/src" && git -C "$ROOT" archive "$REV" | tar -x -C "$WORK/src"
-  (cd "$WORK/src" && go build -o "$WORK/eventgate" .)
-else
-  build
-fi
+build_rev
 printf '%8s %8s %11s %8s %8s %9s %14s\n' opened RSS_MB goroutines held refused idle_cut new_client_ms
 for n in $NS; do
   start_server 3192 "$@"

@@ -11,12 +11,7 @@ source "$(dirname "$0")/lib.sh"
 REQUESTS=${REQUESTS:-3}
 ROUNDS=${ROUNDS:-3}
 MODES=${MODES:-"dup-ids large-events near-cap under-cap large-headers many-ids"}
-if [ -n "${REV:-}" ]; then
-  mkdir -p "$WORK/src" && git -C "$ROOT" archive "$REV" | tar -x -C "$WORK/src"
-  (cd "$WORK/src" && go build -o "$WORK/eventgate" .)
-else
-  build
-fi
+build_rev
 
 printf '%-14s %-28s %12s %8s %9s\n' attack statuses peak_RSS_MB alive seconds
 for mode in $MODES; do

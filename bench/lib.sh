@@ -12,6 +12,14 @@ trap 'kill "${ALL_PIDS[@]}" 2> /dev/null || true; wait 2> /dev/null || true; rm 
 
 build() { (cd "$ROOT" && go build -o "$WORK/eventgate" .); }
 
+# build_rev: build the commit REV names (for "before" figures), or, with REV
+# unset, this tree.
+build_rev() {
+  if [ -z "${REV:-}" ]; then build; return; fi
+  mkdir -p "$WORK/src" && git -C "$ROOT" archive "$REV" | tar -x -C "$WORK/src"
+  (cd "$WORK/src" && go build -o "$WORK/eventgate" .)
+}
+
 # start_server PORT [VAR=value ...]: start eventgate with the embedded mock
 # and wait until /health answers. Its log goes to $WORK/server.log.
 start_server() {

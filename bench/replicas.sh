@@ -12,12 +12,7 @@
 source "$(dirname "$0")/lib.sh"
 KEYS=${KEYS:-60}
 command -v haproxy > /dev/null || { echo "needs haproxy: apt-get install -y haproxy"; exit 1; }
-if [ -n "${REV:-}" ]; then
-  mkdir -p "$WORK/src" && git -C "$ROOT" archive "$REV" | tar -x -C "$WORK/src"
-  (cd "$WORK/src" && go build -o "$WORK/eventgate" .)
-else
-  build
-fi
+build_rev
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 UPSTREAM=http://127.0.0.1:3290
 LB=http://127.0.0.1:3280
