@@ -24,8 +24,8 @@ type services struct {
 }
 
 // Close ends the goroutines the services own (the cache's lookups, the
-// breaker's probe) and the idle upstream connections. Call it after the
-// server has stopped serving.
+// breaker's open-period goroutine, the upstream client's hedges) and the
+// idle upstream connections. Call it after the server has stopped serving.
 func (s services) Close() {
 	s.loader.Cache.Close()
 	s.breaker.Close()
