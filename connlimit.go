@@ -127,16 +127,18 @@ const fdReserve = 64
 
 // fitToFileLimit returns the client connection cap and the upstream
 // in-flight bound to use so that both fit, with fdReserve, within nofile
-// file descriptors (each upstream call in flight holds at most one
-// connection: the transport's MaxConnsPerHost). If they do not fit as
-// configured, clients keep what the upstream bound leaves, but at least
-// half, and the upstream bound gets the rest. lowered reports a change.
-func fitToFileLimit(maxConns, maxInflight int, nofile uint64) (conns, inflight int, lowered bool) {
+// file descriptors. Each upstream call in flight holds at most one
+// connection (the transport's MaxConnsPerHost), which costs fdsPerCall
+// descriptors: 1, or 2 when the upstream is the embedded mock, whose end of
+// the connection is in this process too. If they do not fit as configured,
+// clients keep what the upstream bound leaves, but at least half, and the
+// upstream bound gets the rest. lowered reports a change.
+func fitToFileLimit(maxConns, maxInflight, fdsPerCall int, nofile uint64) (conns, inflight int, lowered bool) {
 	budget := int(min(nofile, 1<<30)) - fdReserve
-	if maxConns+maxInflight <= budget {
+	if maxConns+maxInflight*fdsPerCall <= budget {
 		return maxConns, maxInflight, false
 	}
-	conns = max(1, min(maxConns, max(budget-maxInflight, budget/2)))
-	inflight = max(1, min(maxInflight, budget-conns))
+	conns = max(1, min(maxConns, max(budget-maxInflight*fdsPerCall, budget/2)))
+	inflight = max(1, min(maxInflight, (budget-conns)/fdsPerCall))
 	return conns, inflight, true
 }

@@ -125,24 +125,27 @@ func TestConnectionCapMakesRoomFromTheIdlest(t *testing.T) {
 
 func TestFitToFileLimit(t *testing.T) {
 	tests := []struct {
-		conns, inflight int
-		nofile          uint64
-		wantConns       int
-		wantInflight    int
-		lowered         bool
+		conns, inflight, perCall int
+		nofile                   uint64
+		wantConns                int
+		wantInflight             int
+		lowered                  bool
 	}{
-		{10000, 4000, 20000, 10000, 4000, false}, // this machine: fits
-		{10000, 4000, 12064, 8000, 4000, true},   // clients give way first
-		{10000, 4000, 1024, 480, 480, true},      // a container's 1024: half each
-		{100, 50, 1024, 100, 50, false},
+		{10000, 4000, 1, 20000, 10000, 4000, false}, // this machine: fits
+		{10000, 4000, 2, 20000, 10000, 4000, false}, // with the embedded mock too
+		{10000, 4000, 1, 12064, 8000, 4000, true},   // clients give way first
+		{10000, 4000, 2, 16064, 8000, 4000, true},   // … counting both ends of the mock's connections
+		{10000, 4000, 2, 12064, 6000, 3000, true},   // then the upstream bound
+		{10000, 4000, 1, 1024, 480, 480, true},      // a container's 1024: half each
+		{100, 50, 1, 1024, 100, 50, false},
 	}
 	for _, tt := range tests {
-		c, i, lowered := fitToFileLimit(tt.conns, tt.inflight, tt.nofile)
+		c, i, lowered := fitToFileLimit(tt.conns, tt.inflight, tt.perCall, tt.nofile)
 		if c != tt.wantConns || i != tt.wantInflight || lowered != tt.lowered {
-			t.Errorf("fitToFileLimit(%d, %d, %d) = %d, %d, %v; want %d, %d, %v", tt.conns, tt.inflight, tt.nofile, c, i, lowered, tt.wantConns, tt.wantInflight, tt.lowered)
+			t.Errorf("fitToFileLimit(%d, %d, %d, %d) = %d, %d, %v; want %d, %d, %v", tt.conns, tt.inflight, tt.perCall, tt.nofile, c, i, lowered, tt.wantConns, tt.wantInflight, tt.lowered)
 		}
-		if uint64(c+i+fdReserve) > tt.nofile {
-			t.Errorf("fitToFileLimit(%d, %d, %d) = %d + %d: more than the limit with the reserve", tt.conns, tt.inflight, tt.nofile, c, i)
+		if uint64(c+i*tt.perCall+fdReserve) > tt.nofile {
+			t.Errorf("fitToFileLimit(%d, %d, %d, %d) = %d + %d×%d: more than the limit with the reserve", tt.conns, tt.inflight, tt.perCall, tt.nofile, c, i, tt.perCall)
 		}
 	}
 }

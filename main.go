@@ -89,7 +89,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // connection cap and the upstream bound fitted to the open-files limit.
 func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if nofile := fileLimit(); nofile > 0 {
-		conns, inflight, lowered := fitToFileLimit(cfg.MaxConnections, cfg.UpstreamMaxInflight, nofile)
+		fdsPerCall := 1
+		if cfg.UpstreamURL == "" {
+			fdsPerCall = 2 // the embedded mock's end of each connection is ours too
+		}
+		conns, inflight, lowered := fitToFileLimit(cfg.MaxConnections, cfg.UpstreamMaxInflight, fdsPerCall, nofile)
 		if lowered {
 			logger.WarnContext(ctx, "lowered to fit the limit on open files", "open_files_limit", nofile,
 				"max_connections", conns, "was", cfg.MaxConnections, "upstream_max_inflight", inflight, "was_inflight", cfg.UpstreamMaxInflight)
