@@ -19,9 +19,18 @@ import (
 // as one request's fan-out): past that a stale event is served without one,
 // and a later lookup refreshes it.
 //
+// An event the upstream says does not exist is remembered as missing for
+// missingTTL (at most TTL), so a user listing thousands of missing ids costs
+// the upstream one lookup per id per missingTTL; a write through this
+// instance forgets the id it stored (Forget).
+//
 // It is bounded in entries (Size) and in bytes (MaxBytes): past either, the
-// least recently used events are dropped. It also coalesces concurrent lookups of one id into one upstream call, even
-// with the TTL at 0 (caching off).
+// least recently used events are dropped. It also coalesces concurrent
+// lookups of one id into one upstream call, even with the TTL at 0 (caching
+// off). A lookup that was sent finishes, and its answer is kept, even when
+// every caller waiting for it has left; a lookup not yet sent when its last
+// caller leaves is never sent. So asking and hanging up costs the upstream
+// nothing that a later request does not use.
 type eventCache struct {
 	cacheOptions
 	refreshSlots chan struct{}  // one per background refresh running
@@ -38,15 +47,23 @@ type eventCache struct {
 type cacheEntry struct {
 	id      string
 	ev      event
+	missing bool // the upstream said there is no such event
 	fetched time.Time
 }
+
+// missingTTL is how long an event the upstream answered 404 is remembered
+// as missing: long enough that a user listing 10,000 missing ids costs at
+// most 10,000 lookups per 10 s however often it is asked for, short enough
+// that an event stored through another instance shows up soon.
+const missingTTL = 10 * time.Second
 
 // entryOverhead is what one entry costs besides its id and JSON: the list
 // element, the map slot and the entry itself, rounded up.
 const entryOverhead = 256
 
+// cost counts the JSON's capacity, not its length: the whole buffer is held.
 func (e *cacheEntry) cost() int64 {
-	return int64(len(e.id) + len(e.ev.JSON) + len(e.ev.UserID) + entryOverhead)
+	return int64(len(e.id) + cap(e.ev.JSON) + len(e.ev.UserID) + entryOverhead)
 }
 
 // flight is one upstream lookup that any number of callers wait for.
@@ -56,7 +73,8 @@ type flight struct {
 	err     error
 	waiters int                // callers still waiting; guarded by eventCache.mu
 	refresh bool               // holds a refresh slot; guarded by eventCache.mu
-	cancel  context.CancelFunc // ends the lookup when the last waiter leaves
+	sent    bool               // an attempt has left for the upstream; guarded by eventCache.mu
+	cancel  context.CancelFunc // ends a lookup not yet sent when the last waiter leaves
 }
 
 // cacheOptions configure an eventCache.
@@ -81,7 +99,7 @@ func newEventCache(o cacheOptions) *eventCache {
 
 // peek returns the cached event id, if it is there, fresh or stale, and
 // counts it; a miss is counted by the Get that follows it. A stale event
-// starts its refresh.
+// starts its refresh. An event known to be missing is found, with no JSON.
 func (c *eventCache) peek(ctx context.Context, id string, now time.Time) (event, bool) {
 	c.mu.Lock()
 	ev, result := c.lookup(ctx, id, now)
@@ -94,7 +112,8 @@ func (c *eventCache) peek(ctx context.Context, id string, now time.Time) (event,
 }
 
 // lookup is peek with c.mu held, and without counting. Its result is "hit"
-// for a fresh event, "stale" for a stale one, "" if there is none.
+// for a fresh event, "stale" for a stale one, "missing" for one known not
+// to exist, "" if there is none.
 func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (ev event, result string) {
 	el, ok := c.items[id]
 	if !ok {
@@ -103,6 +122,9 @@ func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (ev e
 	e := el.Value.(*cacheEntry)
 	c.lru.MoveToFront(el)
 	switch age := now.Sub(e.fetched); {
+	case e.missing && age <= min(missingTTL, c.TTL):
+		return event{}, "missing"
+	case e.missing:
 	case age <= c.TTL:
 		return e.ev, "hit"
 	case age <= 2*c.TTL:
@@ -113,15 +135,19 @@ func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (ev e
 	return event{}, ""
 }
 
-// Get returns event id from the cache, or fetches it. Concurrent callers
-// for the same id share one fetch, which runs on its own goroutine so that
-// each caller can leave when its own ctx ends; the fetch is cancelled when
-// its last caller leaves, and ends by itself otherwise.
+// Get returns event id from the cache, or fetches it; an event known to be
+// missing is a failNotFound error at once. Concurrent callers for the same
+// id share one fetch, which runs on its own goroutine so that each caller
+// can leave when its own ctx ends. When the last caller leaves, a fetch not
+// yet sent is cancelled; one already sent finishes and is cached.
 func (c *eventCache) Get(ctx context.Context, id string) (event, error) {
 	c.mu.Lock()
 	if ev, result := c.lookup(ctx, id, time.Now()); result != "" {
 		c.mu.Unlock()
 		c.Metrics.cacheLookup(result)
+		if result == "missing" {
+			return event{}, &upstreamError{Op: "getEventById", Kind: failNotFound}
+		}
 		return ev, nil
 	}
 	if c.closed {
@@ -147,15 +173,27 @@ func (c *eventCache) Get(ctx context.Context, id string) (event, error) {
 	case <-ctx.Done():
 		c.mu.Lock()
 		f.waiters--
-		if f.waiters == 0 {
+		sent := f.sent
+		if f.waiters == 0 && !sent && !f.refresh {
 			f.cancel()
 			if c.flights[id] == f {
 				delete(c.flights, id) // a newcomer must not join a cancelled lookup
 			}
 		}
 		c.mu.Unlock()
+		if !sent {
+			return event{}, waitError(ctx, "getEventById") // it waited for eventgate, not the upstream
+		}
 		return event{}, contextError(ctx, "getEventById", ctx.Err())
 	}
+}
+
+// Forget drops what the cache holds for id: an event just stored through
+// this instance may be remembered as missing.
+func (c *eventCache) Forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.remove(id)
 }
 
 // startRefresh fetches id again in the background, unless that is under way
@@ -176,36 +214,50 @@ func (c *eventCache) startRefresh(ctx context.Context, id string) {
 func (c *eventCache) startFlight(ctx context.Context, id string) *flight {
 	// Detached from this caller's cancellation (another caller may still
 	// want the answer, and a refresh has no caller), but keeping its
-	// values: the request id.
+	// values: the request id. Every attempt asks first whether anyone
+	// still wants it.
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f := &flight{done: make(chan struct{}), cancel: cancel}
+	fctx = withSendCheck(fctx, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if f.waiters == 0 && !f.refresh {
+			return false
+		}
+		f.sent = true
+		return true
+	})
 	c.flights[id] = f
 	c.running.Go(func() { c.run(fctx, f, id) })
 	return f
 }
 
-// run performs one flight's fetch and publishes its result. A fetch that
-// finds the event gone drops a stale copy; one that fails otherwise leaves
-// it to be served until it is 2×TTL old.
+// run performs one flight's fetch and publishes its result, whatever the
+// fetch does: a panic or runtime.Goexit in it is its waiters' error. A
+// fetch that finds the event gone remembers it as missing; one that fails
+// otherwise leaves a stale copy to be served until it is 2×TTL old.
 func (c *eventCache) run(ctx context.Context, f *flight, id string) {
-	defer f.cancel()
-	ev, err := c.Fetch(ctx, id)
-	c.mu.Lock()
-	if c.flights[id] == f {
-		delete(c.flights, id)
-	}
-	if f.refresh {
-		<-c.refreshSlots
-	}
-	switch {
-	case err == nil:
-		c.store(id, ev, time.Now())
-	case isNotFound(err):
-		c.remove(id)
-	}
-	f.ev, f.err = ev, err
-	c.mu.Unlock()
-	close(f.done)
+	ev, err := event{}, errGoexit
+	defer func() {
+		f.cancel()
+		c.mu.Lock()
+		if c.flights[id] == f {
+			delete(c.flights, id)
+		}
+		if f.refresh {
+			<-c.refreshSlots
+		}
+		switch {
+		case err == nil:
+			c.store(&cacheEntry{id: id, ev: ev, fetched: time.Now()})
+		case isNotFound(err):
+			c.store(&cacheEntry{id: id, missing: true, fetched: time.Now()})
+		}
+		f.ev, f.err = ev, err
+		c.mu.Unlock()
+		close(f.done)
+	}()
+	guard(ctx, "event lookup", func() { ev, err = c.Fetch(ctx, id) }, func(e error) { err = e })
 }
 
 // Close cancels the lookups in flight and returns when their goroutines
@@ -236,28 +288,19 @@ func (c *eventCache) drop(el *list.Element) {
 	c.bytes -= e.cost()
 }
 
-// store caches ev under id, then drops the least recently used entries
-// while the cache is over either bound. c.mu must be held.
-func (c *eventCache) store(id string, ev event, now time.Time) {
+// store caches e, then drops the least recently used entries while the
+// cache is over either bound. c.mu must be held.
+func (c *eventCache) store(e *cacheEntry) {
 	if c.TTL <= 0 {
 		return
 	}
-	c.remove(id)
-	e := &cacheEntry{id: id, ev: ev, fetched: now}
+	c.remove(e.id)
 	if c.MaxBytes > 0 && e.cost() > c.MaxBytes {
 		return // larger than the whole cache: it would only empty it
 	}
-	c.items[id] = c.lru.PushFront(e)
+	c.items[e.id] = c.lru.PushFront(e)
 	c.bytes += e.cost()
 	for c.lru.Len() > c.Size || c.MaxBytes > 0 && c.bytes > c.MaxBytes {
 		c.drop(c.lru.Back())
 	}
-}
-
-// Len returns how many events are cached, fresh or not yet swept, and
-// what they cost in bytes.
-func (c *eventCache) Len() (entries int, bytes int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lru.Len(), c.bytes
 }

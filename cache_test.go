@@ -136,7 +136,8 @@ func TestEventCacheIsBounded(t *testing.T) {
 func TestEventCacheIsBoundedInBytes(t *testing.T) {
 	sizes := map[string]int{"a": 1000, "b": 1000, "c": 1000, "d": 1000, "huge": 10_000}
 	fetch := func(_ context.Context, id string) (event, error) {
-		return event{JSON: json.RawMessage(`"` + strings.Repeat("x", sizes[id]-2) + `"`)}, nil
+		js := make(json.RawMessage, 0, sizes[id]) // the capacity is what is counted
+		return event{JSON: fmt.Appendf(js, "%q", strings.Repeat("x", sizes[id]-2))}, nil
 	}
 	c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Minute, Size: 1000, MaxBytes: 3 * (1000 + 1 + entryOverhead)})
 	defer c.Close()
@@ -152,7 +153,10 @@ func TestEventCacheIsBoundedInBytes(t *testing.T) {
 	if _, ok := c.peek(t.Context(), "huge", time.Now()); ok || entries(c) != 3 {
 		t.Errorf("an event larger than the cache: kept %v, %d entries; want not kept, the 3 others untouched", ok, entries(c))
 	}
-	if _, bytes := c.Len(); bytes != 3*(1000+1+entryOverhead) {
+	c.mu.Lock()
+	bytes := c.bytes
+	c.mu.Unlock()
+	if bytes != 3*(1000+1+entryOverhead) {
 		t.Errorf("cache counts %d bytes; want %d", bytes, 3*(1000+1+entryOverhead))
 	}
 }
@@ -229,8 +233,9 @@ func TestEventCacheCloseEndsItsRefreshes(t *testing.T) {
 
 // entries returns how many events c holds.
 func entries(c *eventCache) int {
-	n, _ := c.Len()
-	return n
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len()
 }
 
 // TestEventCacheFreshUntilExactlyTheTTL: an event exactly EVENT_CACHE_TTL

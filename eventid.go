@@ -5,15 +5,23 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/binary"
 	"strings"
 )
 
 // Event ids. A write without an Idempotency-Key gets a random id. A write
-// with one gets an id derived from the key by a keyed hash, so that every
-// instance sharing IDEMPOTENCY_SECRET, and the same instance after a
-// restart, sends the same id for the same key; the Event API stores an id
-// once, so a key can never make two events, whichever instance a retry
-// reaches. The id is the only state instances share.
+// with one gets an id derived from the key and the event it carries by a
+// keyed hash, so that every instance sharing IDEMPOTENCY_SECRET, and the
+// same instance after a restart, sends the same id for the same key and
+// body; the Event API stores an id once, so a retry can never make two
+// events, whichever instance it reaches. The same key with another body
+// gets another id: no instance can ever answer one body with the id under
+// which the upstream stored another. The id is the only state instances
+// share.
+//
+// Keys are scoped by IDEMPOTENCY_SECRET alone, never by API_TOKEN: rotating
+// the token, or instances halfway through a rotation, keeps one key one
+// event. With one configured credential there is one scope anyway.
 
 // minSecretBytes is the shortest IDEMPOTENCY_SECRET accepted: a key for
 // HMAC-SHA-256 should be as long as the hash.
@@ -31,31 +39,26 @@ func newEventID() string {
 // idDeriver derives the event ids of keyed writes.
 type idDeriver struct {
 	secret []byte // IDEMPOTENCY_SECRET, or random bytes for this process
-	scope  string // the clients' credential, hashed; "" when writes are open
 }
 
 // newIDDeriver returns the deriver for secret (nil: a random one, so keys
-// hold within this process only) and the credential that scopes keys
-// (API_TOKEN; "" for none).
-func newIDDeriver(secret []byte, credential string) idDeriver {
+// hold within this process only).
+func newIDDeriver(secret []byte) idDeriver {
 	if secret == nil {
 		secret = []byte(rand.Text() + rand.Text())
 	}
-	var scope string
-	if credential != "" {
-		sum := sha256.Sum256([]byte(credential))
-		scope = idEncoding.EncodeToString(sum[:])
-	}
-	return idDeriver{secret: secret, scope: scope}
+	return idDeriver{secret: secret}
 }
 
-// forKey returns the event id of a write with Idempotency-Key key:
-// "event-" and 128 bits of HMAC-SHA-256(secret, scope, key), as long as a
-// random id. Scope and key are length-prefixed, so no two pairs hash alike.
-func (d idDeriver) forKey(key string) string {
+// forWrite returns the event id of a write of req with Idempotency-Key key:
+// "event-" and 128 bits of HMAC-SHA-256(secret, key, name, userId,
+// details), as long as a random id. The fields are the validated ones (a
+// name trimmed of spaces is the same name), each length-prefixed, so no two
+// different writes hash alike.
+func (d idDeriver) forWrite(key string, req addEventRequest) string {
 	mac := hmac.New(sha256.New, d.secret)
-	for _, part := range []string{d.scope, key} {
-		mac.Write([]byte{byte(len(part) >> 8), byte(len(part))})
+	for _, part := range []string{key, req.Name, req.UserID, req.Details} {
+		mac.Write(binary.BigEndian.AppendUint32(nil, uint32(len(part))))
 		mac.Write([]byte(part))
 	}
 	return "event-" + idEncoding.EncodeToString(mac.Sum(nil)[:16])

@@ -20,7 +20,7 @@ type eventLoader struct {
 type loaderOptions struct {
 	Cache    *eventCache
 	Limit    int      // lookups in flight for one Load, FANOUT_LIMIT
-	MaxBytes int64    // the events of one answer, in bytes, MAX_RESPONSE_BYTES; 0: no bound
+	MaxBytes int64    // the events one answer holds, in bytes, MAX_RESPONSE_BYTES; 0: no bound
 	Metrics  *metrics // may be nil
 }
 
@@ -29,14 +29,17 @@ func newEventLoader(o loaderOptions) *eventLoader { return &eventLoader{o} }
 // Load returns the JSON of the events with the given ids, those of user
 // userID, in the order of ids. An id listed twice is fetched and answered
 // once, at its first place. Events the upstream says do not exist, and
-// events of another user, are left out and logged.
+// events of another user, are left out, and logged in one line per load.
 //
-// Any other failure, or events adding up to more than MaxBytes, fails the
-// whole load at once and cancels the lookups still in flight; Load returns
-// only after every goroutine it started has ended.
+// Every event counts toward MaxBytes while the load holds it, cached or
+// not, another user's included until it is judged and dropped. Any other
+// failure, or events adding up to more than MaxBytes, fails the whole load
+// at once and stops the lookups not yet sent; Load returns only after every
+// goroutine it started has ended.
 func (l *eventLoader) Load(ctx context.Context, userID string, ids []string) ([]json.RawMessage, error) {
-	found := make(map[string]event, len(ids))
+	found := make(map[string]json.RawMessage, len(ids))
 	var order, missing []string // distinct ids; those not in the cache
+	var left leftOut
 	answer := answerBudget{max: l.MaxBytes}
 	now := time.Now()
 	for _, id := range ids {
@@ -44,16 +47,20 @@ func (l *eventLoader) Load(ctx context.Context, userID string, ids []string) ([]
 			continue
 		}
 		order = append(order, id)
+		found[id] = nil // nil until fetched; marks the id as seen
 		ev, ok := l.Cache.peek(ctx, id, now)
-		found[id] = ev // zero until fetched; marks the id as seen
 		if !ok {
 			missing = append(missing, id)
-		} else if err := answer.add(ev, userID); err != nil {
+			continue
+		}
+		js, err := l.keep(ev, id, userID, &answer, &left)
+		if err != nil {
 			return nil, err
 		}
+		found[id] = js
 	}
 	if len(missing) > 0 {
-		fetched, err := l.fetchAll(ctx, userID, missing, &answer)
+		fetched, err := l.fetchAll(ctx, userID, missing, &answer, &left)
 		if err != nil {
 			return nil, err
 		}
@@ -61,20 +68,68 @@ func (l *eventLoader) Load(ctx context.Context, userID string, ids []string) ([]
 			found[id] = fetched[i]
 		}
 	}
+	left.log(ctx, userID, l.Metrics)
 
 	out := make([]json.RawMessage, 0, len(order))
 	for _, id := range order {
-		switch ev := found[id]; {
-		case ev.JSON == nil: // gone upstream: logged by fetchAll
-		case ev.UserID != userID:
-			l.Metrics.foreignEventWithheld()
-			loggerFrom(ctx).WarnContext(ctx, "user lists an event of another user; left out",
-				"user_id", userID, "event_id", id, "owner", fmt.Sprintf("%.64s", ev.UserID))
-		default:
-			out = append(out, ev.JSON)
+		if js := found[id]; js != nil {
+			out = append(out, js)
 		}
 	}
 	return out, nil
+}
+
+// keep judges one event for the answer: it returns its JSON if it is
+// userID's, and nil (noted in left) if it is missing or another user's. It
+// fails once the answer is over its bound.
+func (l *eventLoader) keep(ev event, id, userID string, answer *answerBudget, left *leftOut) (json.RawMessage, error) {
+	switch {
+	case ev.JSON == nil:
+		left.add(&left.missing, id)
+		return nil, nil
+	case ev.UserID != userID:
+		left.add(&left.foreign, id)
+		return nil, nil
+	}
+	return ev.JSON, answer.add(ev, userID)
+}
+
+// leftOut notes the events a load leaves out, for one log line.
+type leftOut struct {
+	mu               sync.Mutex
+	missing, foreign []string // the first few ids of each
+	nMissing, nOther int
+}
+
+// leftOutShown is how many ids of each kind the log line names.
+const leftOutShown = 5
+
+func (lo *leftOut) add(ids *[]string, id string) {
+	lo.mu.Lock()
+	defer lo.mu.Unlock()
+	if ids == &lo.missing {
+		lo.nMissing++
+	} else {
+		lo.nOther++
+	}
+	if len(*ids) < leftOutShown {
+		*ids = append(*ids, id)
+	}
+}
+
+// log writes one line for the whole load, if anything was left out: its
+// size does not grow with the number of events.
+func (lo *leftOut) log(ctx context.Context, userID string, m *metrics) {
+	if lo.nMissing == 0 && lo.nOther == 0 {
+		return
+	}
+	for range lo.nOther {
+		m.foreignEventWithheld()
+	}
+	loggerFrom(ctx).WarnContext(ctx, "user lists events left out of the answer",
+		"user_id", userID,
+		"missing_upstream", lo.nMissing, "missing_ids", lo.missing,
+		"of_another_user", lo.nOther, "foreign_ids", lo.foreign)
 }
 
 // answerBudget adds up the bytes of the events an answer will hold.
@@ -83,10 +138,9 @@ type answerBudget struct {
 	bytes atomic.Int64
 }
 
-// add counts ev if it will be in the answer for userID, and fails once the
-// answer is over the bound.
+// add counts ev, and fails once the answer is over the bound.
 func (a *answerBudget) add(ev event, userID string) error {
-	if a.max <= 0 || ev.UserID != userID {
+	if a.max <= 0 {
 		return nil
 	}
 	if a.bytes.Add(int64(len(ev.JSON))+1) > a.max {
@@ -99,13 +153,13 @@ func (a *answerBudget) add(ev event, userID string) error {
 }
 
 // fetchAll fetches ids (distinct) with at most l.Limit in flight: a fixed
-// pool of workers takes the next index until none is left. A zero result
-// is an event the upstream does not have.
-func (l *eventLoader) fetchAll(ctx context.Context, userID string, ids []string, answer *answerBudget) ([]event, error) {
+// pool of workers takes the next index until none is left. A nil result is
+// an event left out.
+func (l *eventLoader) fetchAll(ctx context.Context, userID string, ids []string, answer *answerBudget, left *leftOut) ([]json.RawMessage, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	results := make([]event, len(ids))
+	results := make([]json.RawMessage, len(ids))
 	var (
 		next     atomic.Int64
 		wg       sync.WaitGroup
@@ -113,28 +167,27 @@ func (l *eventLoader) fetchAll(ctx context.Context, userID string, ids []string,
 		firstErr error
 	)
 	fail := func(err error) { errOnce.Do(func() { firstErr = err; cancel() }) }
-	for range min(l.Limit, len(ids)) {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= len(ids) {
-					return
-				}
-				ev, err := l.Cache.Get(ctx, ids[i])
-				if err == nil {
-					err = answer.add(ev, userID)
-				}
-				switch {
-				case isNotFound(err):
-					loggerFrom(ctx).WarnContext(ctx, "user lists an event the upstream does not have", "event_id", ids[i])
-				case err != nil:
-					fail(err)
-					return
-				default:
-					results[i] = ev
-				}
+	work := func() {
+		for ctx.Err() == nil {
+			i := int(next.Add(1) - 1)
+			if i >= len(ids) {
+				return
 			}
-		})
+			ev, err := l.Cache.Get(ctx, ids[i])
+			if isNotFound(err) {
+				ev, err = event{}, nil
+			}
+			if err == nil {
+				results[i], err = l.keep(ev, ids[i], userID, answer, left)
+			}
+			if err != nil {
+				fail(err)
+				return
+			}
+		}
+	}
+	for range min(l.Limit, len(ids)) {
+		wg.Go(func() { guard(ctx, "fan-out worker", work, fail) })
 	}
 	wg.Wait()
 	if firstErr != nil {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -91,9 +92,11 @@ func handleReady(ready *atomic.Bool) http.Handler {
 }
 
 // handleAddEvent stores a new event upstream under a fresh id. Writes pass
-// the circuit breaker; with an Idempotency-Key, a retried request reuses
-// its first id, so the upstream (which stores an id once) never holds it twice.
-func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDeriver) http.Handler {
+// the circuit breaker; with an Idempotency-Key, the id is derived from the
+// key and the event, so a retried request reuses its first id and the
+// upstream (which stores an id once) never holds it twice. Once stored, the
+// id is forgotten by the event cache, which may remember it as missing.
+func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDeriver, loader *eventLoader) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		body, err := readWriteBody(w, r, maxAddEventBody, up.timeout)
 		if err != nil {
@@ -104,14 +107,14 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDer
 			return err
 		}
 
-		id := newEventID()
-		stored := false // set only once the upstream has confirmed the write
+		ev := newEvent{ID: newEventID(), Name: req.Name, UserID: req.UserID, Details: req.Details}
+		result := writeFailed // until known otherwise, the write may be stored
 		if values := r.Header.Values("Idempotency-Key"); len(values) > 0 {
 			key, err := parseIdempotencyKey(values)
 			if err != nil {
 				return err
 			}
-			claim, err := keys.Begin(key, req.fingerprint(), ids.forKey(key))
+			claim, err := keys.Begin(key, ids.forWrite(key, req))
 			if err != nil {
 				return err
 			}
@@ -120,22 +123,26 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDer
 				encode(w, http.StatusOK, map[string]any{"success": true, "id": claim.ID})
 				return nil
 			}
-			id = claim.ID
+			ev.ID = claim.ID
 			// Deferred, so that the key is free again whatever happens
 			// below, a panic included.
-			defer func() { keys.Finish(claim, stored) }()
+			defer func() { keys.Finish(claim, result) }()
 		}
 
-		ev := newEvent{ID: id, Name: req.Name, UserID: req.UserID, Details: req.Details}
 		err = br.Execute(func() error { return up.AddEvent(r.Context(), ev) })
+		var open *openError
+		if errors.As(err, &open) || unsent(err) {
+			result = writeUnsent
+		}
 		if isNotFound(err) {
 			return errorf(http.StatusNotFound, "user %q not found", req.UserID)
 		}
 		if err != nil {
 			return err
 		}
-		stored = true
-		encode(w, http.StatusOK, map[string]any{"success": true, "id": id})
+		result = writeStored
+		loader.Cache.Forget(ev.ID)
+		encode(w, http.StatusOK, map[string]any{"success": true, "id": ev.ID})
 		return nil
 	})
 }

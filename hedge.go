@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -168,40 +169,59 @@ func (l *latencies) percentile(q float64, now time.Time) (time.Duration, int) {
 type hedgeOutcome struct {
 	body    []byte
 	err     error
-	skipped bool // the budget allowed no hedge
+	skipped bool // no hedge was sent: no slot, no budget, or nobody waiting
 }
 
 // hedged GETs path (a read of kind op, at most limit bytes), and, if it has
-// not answered after the hedge delay of op and the retry budget allows,
-// GETs it once more; the first good answer is returned, and the other call
-// is cancelled at once. The first call runs on the caller's goroutine; a
-// hedge runs on one that u owns, so that Close waits for it.
-func (u *upstream) hedged(ctx context.Context, op, path string, limit int64) ([]byte, error) {
-	call := func(ctx context.Context) ([]byte, error) { return u.call(ctx, op, http.MethodGet, path, nil, limit) }
+// not answered after the hedge delay of op, no hedge of this read was sent
+// yet (hedgeSent), a slot is free and the retry budget allows, GETs it once
+// more; the first good answer is returned, and the other call is cancelled
+// at once. Both share the first call's UPSTREAM_TIMEOUT, which starts when
+// it is sent. The first call runs on the caller's goroutine; a hedge runs on
+// one that u owns, so that Close waits for it.
+func (u *upstream) hedged(ctx context.Context, op, path string, limit int64, hedgeSent *atomic.Bool) ([]byte, error) {
 	delay, ok := u.hedge.delay(op, time.Now())
-	if !ok {
-		return call(ctx)
+	if !ok || hedgeSent.Load() {
+		return u.call(ctx, op, http.MethodGet, path, nil, limit)
 	}
-	// The call and its hedge share one UPSTREAM_TIMEOUT: a hedge does not
-	// make a hung upstream cost longer.
+	release, err := u.acquire(ctx, op)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	ctx, cancel := context.WithTimeoutCause(ctx, u.timeout, errCallTimeout)
 	defer cancel() // whichever call is still running ends now
+	send := func() ([]byte, error) { return u.send(ctx, op, http.MethodGet, path, nil, limit) }
 	hedge := make(chan hedgeOutcome, 1)
 	timer := time.AfterFunc(delay, func() {
-		if ctx.Err() != nil || !u.retry.Budget.withdraw(time.Now()) {
-			hedge <- hedgeOutcome{skipped: true}
-			return
-		}
-		u.metrics.hedgeSent(op)
-		u.running.Go(func() {
-			body, err := call(ctx)
-			if err == nil {
-				cancel() // the first call is beaten: end it at once
+		started := false
+		guard(ctx, "hedge timer", func() {
+			release := u.tryAcquire()
+			if release == nil || ctx.Err() != nil || hedgeSent.Swap(true) || !u.retry.Budget.withdraw(time.Now()) {
+				if release != nil {
+					release()
+				}
+				return
 			}
-			hedge <- hedgeOutcome{body: body, err: err}
-		})
+			u.metrics.hedgeSent(op)
+			started = true
+			u.running.Go(func() {
+				defer release()
+				var h hedgeOutcome
+				guard(ctx, "hedge", func() {
+					h.body, h.err = send()
+					if h.err == nil {
+						cancel() // the first call is beaten: end it at once
+					}
+				}, func(err error) { h.err = err })
+				hedge <- h
+			})
+		}, nil)
+		if !started {
+			hedge <- hedgeOutcome{skipped: true}
+		}
 	})
-	body, err := call(ctx)
+	body, err := send()
 	if timer.Stop() || err == nil {
 		return body, err // no hedge was started, or the first call won
 	}

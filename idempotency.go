@@ -9,44 +9,50 @@ import (
 
 // idempotencyStore remembers the Idempotency-Keys of POST /addEvent in this
 // process: the fast path in front of the derived ids of eventid.go. Each
-// key is bound, on first use, to the request's content and its event id. A
-// retry with the same key and content resends the same id, or, once the
-// write succeeded, is answered from memory without calling the upstream; a
-// key still in use is refused (409), and so is one seen with other content
-// (422).
+// key is bound, on first use, to the event id derived from it and the
+// request's content. A retry with the same key and content resends the same
+// id, or, once the write succeeded, is answered from memory without calling
+// the upstream; a key still in use is refused (409), and so is one seen with
+// other content (422).
 //
-// Keys are remembered for TTL, and at most MaxKeys and MaxBytes of them;
-// past either bound the oldest key not in flight is forgotten. A write in
-// flight is never forgotten: were it, its retry could not be refused while
-// it runs. When every key held is in flight, a new key is refused with a
-// 503 that says to come back in a second.
+// Only writes that were sent upstream are remembered. A claim whose write
+// was refused before it left (breaker open, gateway busy) is removed, not
+// settled: such a write leaves no trace, and, since keys are made room for
+// only when a write is settled, it forgets no other key.
+//
+// Keys are remembered for TTL, and settled ones within MaxKeys and MaxBytes;
+// past either bound the oldest settled key is forgotten. A write in flight
+// is never forgotten: were it, its retry could not be refused while it
+// runs. At most MaxKeys writes are in flight at once; past that a new key is
+// refused with a 503 that says to come back in a second.
 type idempotencyStore struct {
 	storeOptions
 
-	mu    sync.Mutex               // protects the fields below
-	keys  map[string]*list.Element // key → element of order holding an *idemEntry
-	order *list.List               // oldest first; with one TTL, also soonest to expire
-	bytes int64                    // the cost of the entries held
+	mu       sync.Mutex               // protects the fields below
+	keys     map[string]*list.Element // key → element of order holding an *idemEntry
+	order    *list.List               // oldest first; with one TTL, also soonest to expire
+	bytes    int64                    // the cost of the settled entries
+	settled  int                      // entries not in flight
+	inFlight int                      // entries in flight
 }
 
 // storeOptions configure an idempotencyStore.
 type storeOptions struct {
 	TTL      time.Duration // how long a key is remembered
 	MaxKeys  int           // keys remembered at most
-	MaxBytes int64         // bytes remembered at most (keys, fingerprints, ids, plus entryOverhead each)
+	MaxBytes int64         // bytes remembered at most (keys, ids, plus entryOverhead each)
 }
 
 type idemEntry struct {
-	key         string
-	fingerprint string // of the request's content
-	id          string // the event id bound to the key
-	inFlight    bool   // a request with this key is running
-	done        bool   // the write succeeded
-	expires     time.Time
+	key      string
+	id       string // the event id bound to the key: derived from it and the content
+	inFlight bool   // a request with this key is running
+	done     bool   // the write succeeded
+	expires  time.Time
 }
 
 func (e *idemEntry) cost() int64 {
-	return int64(len(e.key) + len(e.fingerprint) + len(e.id) + entryOverhead)
+	return int64(len(e.key) + len(e.id) + entryOverhead)
 }
 
 // claim is what Begin grants: the event id to use, and whether the write is
@@ -56,9 +62,19 @@ type claim struct {
 	ID    string
 	Done  bool
 	entry *idemEntry
+	fresh bool // the entry was made by this claim
 }
 
-// errStoreFull refuses a new key while every key held is in flight.
+// writeResult is how a claimed write ended, for Finish.
+type writeResult int
+
+const (
+	writeUnsent  writeResult = iota // refused before it left: no trace is kept
+	writeFailed                     // sent, and not confirmed: it may be stored
+	writeStored                     // sent and confirmed
+)
+
+// errStoreFull refuses a new key while MaxKeys writes are in flight.
 var errStoreFull = &apiError{Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
 	Message: "too many writes with an Idempotency-Key are in progress; retry in a second"}
 
@@ -66,12 +82,12 @@ func newIdempotencyStore(o storeOptions) *idempotencyStore {
 	return &idempotencyStore{storeOptions: o, keys: map[string]*list.Element{}, order: list.New()}
 }
 
-// Begin claims key for a request with the given content fingerprint; a new
-// key is bound to id. It refuses a key in use by a request still running
-// (409), a key seen with other content (422), and a new key when the store
-// is full of writes in flight (503). Every claim that is not Done must be
-// ended with Finish.
-func (s *idempotencyStore) Begin(key, fingerprint, id string) (claim, error) {
+// Begin claims key for a write whose derived event id is id. It refuses a
+// key in use by a request still running (409), a key bound to another id,
+// that is another content (422), and a new key while MaxKeys writes are in
+// flight (503). It forgets no other key. Every claim that is not Done must
+// be ended with Finish.
+func (s *idempotencyStore) Begin(key, id string) (claim, error) {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -80,7 +96,7 @@ func (s *idempotencyStore) Begin(key, fingerprint, id string) (claim, error) {
 	if el, ok := s.keys[key]; ok {
 		e := el.Value.(*idemEntry)
 		switch {
-		case e.fingerprint != fingerprint:
+		case e.id != id:
 			return claim{}, errorf(http.StatusUnprocessableEntity,
 				"Idempotency-Key was already used with a different request body")
 		case e.done:
@@ -89,32 +105,55 @@ func (s *idempotencyStore) Begin(key, fingerprint, id string) (claim, error) {
 			return claim{}, errorf(http.StatusConflict,
 				"a request with this Idempotency-Key is still in progress; retry when it has finished")
 		}
-		e.inFlight = true
+		s.setInFlight(e, true)
 		return claim{ID: e.id, entry: e}, nil
 	}
-
-	e := &idemEntry{key: key, fingerprint: fingerprint, id: id, inFlight: true, expires: now.Add(s.TTL)}
-	for s.order.Len() >= s.MaxKeys || s.MaxBytes > 0 && s.bytes+e.cost() > s.MaxBytes {
-		if !s.evictOldestSettled() {
-			return claim{}, errStoreFull
-		}
+	if s.inFlight >= s.MaxKeys {
+		return claim{}, errStoreFull
 	}
+	e := &idemEntry{key: key, id: id, inFlight: true, expires: now.Add(s.TTL)}
 	s.keys[key] = s.order.PushBack(e)
-	s.bytes += e.cost()
-	return claim{ID: id, entry: e}, nil
+	s.inFlight++
+	return claim{ID: id, entry: e, fresh: true}, nil
 }
 
-// Finish ends claim c; ok reports whether its write succeeded. It touches
-// only c's own entry: if the key was forgotten and claimed anew since, the
-// new claim is not ended by the old one.
-func (s *idempotencyStore) Finish(c claim, ok bool) {
-	if c.entry == nil {
+// Finish ends claim c with the result of its write. It touches only c's own
+// entry: if the key was forgotten and claimed anew since, the new claim is
+// not ended by the old one. An unsent write's fresh entry is removed; a
+// sent one's is settled, and the oldest settled keys are forgotten while
+// the store is over its bounds.
+func (s *idempotencyStore) Finish(c claim, r writeResult) {
+	e := c.entry
+	if e == nil {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c.entry.inFlight = false
-	c.entry.done = c.entry.done || ok
+	if !e.inFlight {
+		return // ended already
+	}
+	if r == writeUnsent && c.fresh {
+		s.remove(s.keys[e.key]) // in flight, so neither expired nor evicted
+		return
+	}
+	s.setInFlight(e, false)
+	e.done = r == writeStored
+	for s.settled > s.MaxKeys || s.MaxBytes > 0 && s.bytes > s.MaxBytes {
+		s.evictOldestSettled()
+	}
+}
+
+// setInFlight moves e, which is held, between in flight and settled. s.mu
+// must be held.
+func (s *idempotencyStore) setInFlight(e *idemEntry, on bool) {
+	e.inFlight = on
+	d := 1
+	if !on {
+		d = -1
+	}
+	s.inFlight += d
+	s.settled -= d
+	s.bytes -= int64(d) * e.cost()
 }
 
 // expire forgets the keys whose time is up, except those in flight, which
@@ -133,21 +172,26 @@ func (s *idempotencyStore) expire(now time.Time) {
 	}
 }
 
-// evictOldestSettled forgets the oldest key not in flight, and reports
-// whether there was one. s.mu must be held.
-func (s *idempotencyStore) evictOldestSettled() bool {
+// evictOldestSettled forgets the oldest key not in flight. s.mu must be held.
+func (s *idempotencyStore) evictOldestSettled() {
 	for el := s.order.Front(); el != nil; el = el.Next() {
 		if !el.Value.(*idemEntry).inFlight {
 			s.remove(el)
-			return true
+			return
 		}
 	}
-	return false
 }
 
+// remove forgets one entry, settled or in flight. s.mu must be held.
 func (s *idempotencyStore) remove(el *list.Element) {
 	e := el.Value.(*idemEntry)
 	s.order.Remove(el)
 	delete(s.keys, e.key)
-	s.bytes -= e.cost()
+	if e.inFlight {
+		s.inFlight--
+		e.inFlight = false
+	} else {
+		s.settled--
+		s.bytes -= e.cost()
+	}
 }

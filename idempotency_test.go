@@ -115,39 +115,88 @@ func TestIdempotencyKeyInUseIsRefused(t *testing.T) {
 func TestIdempotencyStoreIsBounded(t *testing.T) {
 	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
 	for _, k := range []string{"a", "b", "c"} {
-		c, _ := s.Begin(k, "fp", "id-"+k)
-		s.Finish(c, true)
+		c, _ := s.Begin(k, "id-"+k)
+		s.Finish(c, writeStored)
 	}
-	if c, _ := s.Begin("a", "fp", "new"); c.Done || c.ID != "new" {
+	if c, _ := s.Begin("a", "new"); c.Done || c.ID != "new" {
 		t.Errorf("oldest key a still remembered past the bound: %+v", c)
 	}
-	if c, _ := s.Begin("c", "fp", "new"); !c.Done || c.ID != "id-c" {
+	if c, _ := s.Begin("c", "id-c"); !c.Done || c.ID != "id-c" {
 		t.Errorf("newest key c forgotten: %+v", c)
 	}
 }
 
-// TestIdempotencyStoreNeverForgetsAWriteInFlight fills the store with keys
-// in flight: a new key is refused with 503 and Retry-After instead of one
-// of them being forgotten; once one finishes, it is the one forgotten.
+// TestIdempotencyStoreNeverForgetsAWriteInFlight: with as many writes in
+// flight as keys may be, a new key is refused with 503 and Retry-After
+// instead of one of them being forgotten; once one finishes, there is room.
 func TestIdempotencyStoreNeverForgetsAWriteInFlight(t *testing.T) {
 	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
-	a, _ := s.Begin("a", "fp", "id-a")
-	s.Begin("b", "fp", "id-b")
-	_, err := s.Begin("c", "fp", "id-c")
+	a, _ := s.Begin("a", "id-a")
+	s.Begin("b", "id-b")
+	_, err := s.Begin("c", "id-c")
 	if ae := toAPIError(err); ae.Status != 503 || ae.RetryAfter < time.Second {
 		t.Fatalf("a third key with two in flight = %v; want 503 with Retry-After", err)
 	}
 	for _, k := range []string{"a", "b"} {
-		if _, err := s.Begin(k, "fp", "other"); toAPIError(err).Status != 409 {
+		if _, err := s.Begin(k, "id-"+k); toAPIError(err).Status != 409 {
 			t.Errorf("key %s after the refusal = %v; want 409, still in flight", k, err)
 		}
 	}
-	s.Finish(a, false)
-	if c, err := s.Begin("c", "fp", "id-c"); err != nil || c.ID != "id-c" {
+	s.Finish(a, writeFailed)
+	if c, err := s.Begin("c", "id-c"); err != nil || c.ID != "id-c" {
 		t.Errorf("a third key once a is finished = %+v, %v; want it claimed", c, err)
 	}
-	if _, err := s.Begin("b", "fp", "other"); toAPIError(err).Status != 409 {
-		t.Errorf("b after c took a's place = %v; want 409, still in flight", err)
+	if _, err := s.Begin("b", "id-b"); toAPIError(err).Status != 409 {
+		t.Errorf("b after c was claimed = %v; want 409, still in flight", err)
+	}
+}
+
+// TestIdempotencyStoreRefusesAnotherBody: a key bound to one id (one body)
+// is 422 with another, in flight or settled, and never answered with its id.
+func TestIdempotencyStoreRefusesAnotherBody(t *testing.T) {
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 10})
+	c, _ := s.Begin("k", "id-A")
+	if got, err := s.Begin("k", "id-B"); toAPIError(err).Status != 422 || got.ID != "" {
+		t.Errorf("k with another body while the first runs = %+v, %v; want 422", got, err)
+	}
+	s.Finish(c, writeStored)
+	if got, err := s.Begin("k", "id-B"); toAPIError(err).Status != 422 || got.ID != "" {
+		t.Errorf("k with another body once stored = %+v, %v; want 422, not id-A", got, err)
+	}
+}
+
+// TestUnsentWritesLeaveNoTrace: a write refused before it left (breaker
+// open, gateway busy) neither stays bound to its key nor makes any other key
+// be forgotten, however many of them there are.
+func TestUnsentWritesLeaveNoTrace(t *testing.T) {
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
+	for _, k := range []string{"a", "b"} {
+		c, _ := s.Begin(k, "id-"+k)
+		s.Finish(c, writeStored)
+	}
+	for i := range 100 {
+		c, err := s.Begin(fmt.Sprint("flood-", i), "id")
+		if err != nil {
+			t.Fatalf("flood key %d = %v; want claimed", i, err)
+		}
+		s.Finish(c, writeUnsent)
+	}
+	for _, k := range []string{"a", "b"} {
+		if c, _ := s.Begin(k, "id-"+k); !c.Done {
+			t.Errorf("key %s forgotten after a flood of unsent writes", k)
+		}
+	}
+	if c, err := s.Begin("flood-1", "other-id"); err != nil || c.Done || c.ID != "other-id" {
+		t.Errorf("an unsent write's key = %+v, %v; want free for any body", c, err)
+	}
+	// A retry of a write that was sent once, refused this time, keeps the
+	// key bound: the upstream may hold it.
+	c, _ := s.Begin("sent", "id-s")
+	s.Finish(c, writeFailed)
+	c, _ = s.Begin("sent", "id-s")
+	s.Finish(c, writeUnsent)
+	if _, err := s.Begin("sent", "id-other"); toAPIError(err).Status != 422 {
+		t.Errorf("a sent write's key after an unsent retry = %v; want still bound (422 for another body)", err)
 	}
 }
 
@@ -157,32 +206,32 @@ func TestIdempotencyStoreNeverForgetsAWriteInFlight(t *testing.T) {
 func TestIdempotencyStoreEndsAClaimByItsIdentity(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxKeys: 10})
-		c1, _ := s.Begin("k", "fp", "id-1")
-		s.Finish(c1, false)
+		c1, _ := s.Begin("k", "id-1")
+		s.Finish(c1, writeFailed)
 		time.Sleep(2 * time.Minute) // k is forgotten …
-		c2, _ := s.Begin("k", "fp", "id-2")
-		s.Finish(c1, true) // … so the first claim's success, arriving late, is not k's
-		if c, err := s.Begin("k", "fp", "id-3"); err == nil || c.Done {
+		c2, _ := s.Begin("k", "id-2")
+		s.Finish(c1, writeStored) // … so the first claim's success, arriving late, is not k's
+		if c, err := s.Begin("k", "id-2"); err == nil || c.Done {
 			t.Errorf("k after an old claim ended = %+v, %v; want 409: the new claim still runs, and nothing is done", c, err)
 		}
-		s.Finish(c2, false)
-		if c, err := s.Begin("k", "fp", "id-3"); err != nil || c.Done || c.ID != "id-2" {
+		s.Finish(c2, writeFailed)
+		if c, err := s.Begin("k", "id-2"); err != nil || c.Done || c.ID != "id-2" {
 			t.Errorf("k after its own claim failed = %+v, %v; want a retry with id-2", c, err)
 		}
 	})
 }
 
 func TestIdempotencyStoreIsBoundedInBytes(t *testing.T) {
-	cost := int64(len("k0") + len("fp") + len("id") + entryOverhead)
+	cost := int64(len("k0") + len("id") + entryOverhead)
 	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 100, MaxBytes: 3 * cost})
 	for i := range 4 {
-		c, _ := s.Begin(fmt.Sprint("k", i), "fp", "id")
-		s.Finish(c, true)
+		c, _ := s.Begin(fmt.Sprint("k", i), "id")
+		s.Finish(c, writeStored)
 	}
-	if c, _ := s.Begin("k0", "fp", "new"); c.Done {
+	if c, _ := s.Begin("k0", "new"); c.Done {
 		t.Error("k0 still remembered with a fourth key past a bound of three keys' bytes")
 	}
-	if c, _ := s.Begin("k3", "fp", "new"); !c.Done {
+	if c, _ := s.Begin("k3", "id"); !c.Done {
 		t.Error("k3, the newest, forgotten")
 	}
 }
@@ -333,13 +382,13 @@ func TestKeyedWriteAcrossTwoInstances(t *testing.T) {
 func TestIdempotencyKeyInFlightOutlivesItsTTL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxKeys: 10})
-		c, _ := s.Begin("slow", "fp", "id-1")
+		c, _ := s.Begin("slow", "id-1")
 		time.Sleep(2 * time.Minute)
-		if _, err := s.Begin("slow", "fp", "id-2"); toAPIError(err).Status != 409 {
+		if _, err := s.Begin("slow", "id-1"); toAPIError(err).Status != 409 {
 			t.Errorf("the key of a write still running past the TTL = %v; want 409", err)
 		}
-		s.Finish(c, false)
-		if c, err := s.Begin("slow", "fp", "id-2"); err != nil || c.ID != "id-2" {
+		s.Finish(c, writeFailed)
+		if c, err := s.Begin("slow", "id-2"); err != nil || c.ID != "id-2" {
 			t.Errorf("once finished and past the TTL = %+v, %v; want a fresh claim", c, err)
 		}
 	})

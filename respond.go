@@ -156,6 +156,12 @@ func toAPIError(err error) *apiError {
 			Message:    fmt.Sprintf("the event service is overloaded; retry after %d seconds", retrySeconds(wait)),
 			RetryAfter: wait,
 		}
+	case failBusy:
+		return &apiError{
+			Status:     http.StatusServiceUnavailable,
+			Message:    "the gateway is busy; nothing was sent to the event service; retry in a second",
+			RetryAfter: time.Second,
+		}
 	case failTimeout, failDeadline:
 		status = http.StatusGatewayTimeout
 		say("the event service did not answer in time")

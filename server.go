@@ -73,7 +73,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
 		breaker: br,
 		keys:    newIdempotencyStore(storeOptions{TTL: cfg.IdempotencyTTL, MaxKeys: cfg.IdempotencyKeys, MaxBytes: cfg.IdempotencyBytes}),
-		ids:     newIDDeriver(cfg.IdempotencySecret, cfg.APIToken),
+		ids:     newIDDeriver(cfg.IdempotencySecret),
 		metrics: m,
 		ready:   ready,
 	}
@@ -92,7 +92,7 @@ func routes(cfg config, s services) []route {
 		{"GET /getUsers", handleList(s.up.Users)},
 		{"GET /getEvents", handleList(s.up.Events)},
 		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader)},
-		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids))},
+		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids, s.loader))},
 		{"GET /health", handleHealth(s.breaker, s.metrics)},
 		{"GET /ready", handleReady(s.ready)},
 		{"GET /metrics", s.metrics},

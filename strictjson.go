@@ -32,11 +32,18 @@ type strictJSONError struct{ Problem string }
 
 func (e *strictJSONError) Error() string { return "JSON " + e.Problem }
 
+// maxMembers bounds the members of one object. Every object either side
+// sends has at most five; a hundred thousand would cost tens of
+// milliseconds to read.
+const maxMembers = 64
+
 // objectMembers returns the members of the JSON object data, in order. It
 // fails if data is not exactly one JSON object (a *json.SyntaxError, or
 // io.EOF / io.ErrUnexpectedEOF for empty and truncated input), or if
 // anything in it could be read two ways: a key given twice, invalid UTF-8,
-// or an escaped surrogate without its pair (a *strictJSONError).
+// or an escaped surrogate without its pair (a *strictJSONError). An object
+// of more than maxMembers members is refused too, so that no body, from
+// either side, costs more than a few microseconds of CPU per object.
 func objectMembers(data []byte) ([]member, error) {
 	if !json.Valid(data) {
 		return nil, syntaxError(data)
@@ -66,6 +73,9 @@ func objectMembers(data []byte) ([]member, error) {
 		valueEnd, err := scanValue(d, i)
 		if err != nil {
 			return nil, err
+		}
+		if len(members) == maxMembers {
+			return nil, &strictJSONError{fmt.Sprintf("has more than %d members", maxMembers)}
 		}
 		if len(members) == 16 {
 			seen = make(map[string]bool)

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -74,6 +75,7 @@ const (
 	failTooLarge                       // an answer past one of eventgate's bounds
 	failUnconfirmed                    // a write answered 2xx without confirming it
 	failCanceled                       // the client went away; nobody is waiting
+	failBusy                           // eventgate's own overload: no slot or memory in time
 )
 
 var failureNames = map[failure]string{
@@ -89,6 +91,7 @@ var failureNames = map[failure]string{
 	failTooLarge:    "too_large",
 	failUnconfirmed: "unconfirmed",
 	failCanceled:    "canceled",
+	failBusy:        "busy",
 }
 
 func (f failure) String() string { return failureNames[f] }
@@ -101,6 +104,7 @@ type upstreamError struct {
 	RetryAfter time.Duration // the upstream's Retry-After, if it sent a sane one
 	Message    string        // if set, what the client is told: eventgate's words, never the upstream's
 	Err        error         // the underlying cause, for logs only
+	Unsent     bool          // the call never left eventgate
 }
 
 func (e *upstreamError) Error() string {
@@ -128,10 +132,16 @@ func upstreamFault(err error) bool {
 		return false
 	}
 	switch ue.Kind {
-	case failNotFound, failRejected, failCanceled, failDeadline:
+	case failNotFound, failRejected, failCanceled, failDeadline, failBusy:
 		return false
 	}
 	return true
+}
+
+// unsent reports whether err is from a call that never left eventgate.
+func unsent(err error) bool {
+	var ue *upstreamError
+	return errors.As(err, &ue) && ue.Unsent
 }
 
 func isNotFound(err error) bool {
@@ -223,7 +233,9 @@ func newTransport(maxInflight int, m *metrics) *http.Transport {
 			m.connectionDialed()
 			return dialer.DialContext(ctx, network, addr)
 		},
-		ForceAttemptHTTP2:      true,
+		// HTTP/1.1 only: HTTP/2 re-sends a request by itself after a GOAWAY,
+		// which would be an attempt this client did not decide to make.
+		ForceAttemptHTTP2:      false,
 		MaxIdleConns:           maxInflight,
 		MaxIdleConnsPerHost:    maxInflight,
 		MaxConnsPerHost:        maxInflight, // so file descriptors are bounded too
@@ -351,7 +363,11 @@ func (u *upstream) Event(ctx context.Context, id string) (event, error) {
 		return event{}, &upstreamError{Op: op, Kind: failMalformed, Err: err,
 			Message: "the event service sent an event whose owner is ambiguous"}
 	}
-	return event{JSON: bytes.TrimSpace(body), UserID: ownerID(owner)}, nil
+	kept := bytes.TrimSpace(body)
+	if len(kept) != cap(body) {
+		kept = bytes.Clone(kept) // no sub-slice pins the larger buffer it was read into
+	}
+	return event{JSON: kept, UserID: ownerID(owner)}, nil
 }
 
 // ownerID reads an event's userId: a string, or a whole number as the
@@ -432,23 +448,73 @@ func (u *upstream) getArray(ctx context.Context, op, path string) ([]byte, error
 }
 
 // get is an idempotent read, hedged as u.hedge says and retried as u.retry
-// allows; hedges and retries draw on one budget.
+// allows; hedges and retries draw on one budget, and at most one attempt of
+// the read is hedged, so a read is sent at most Attempts + 1 times.
 func (u *upstream) get(ctx context.Context, op, path string, limit int64) ([]byte, error) {
-	return u.retry.do(ctx, func() ([]byte, error) { return u.hedged(ctx, op, path, limit) })
+	var hedgeSent atomic.Bool
+	return u.retry.do(ctx, func() ([]byte, error) { return u.hedged(ctx, op, path, limit, &hedgeSent) })
 }
 
 // call makes one upstream call and returns the body of a 2xx answer, at
-// most limit bytes. Every other outcome is an *upstreamError.
+// most limit bytes. Every other outcome is an *upstreamError. It first
+// waits for one of the process's slots, under ctx: UPSTREAM_TIMEOUT starts
+// only once the call is sent. A write is sent only while its whole
+// UPSTREAM_TIMEOUT fits in ctx's deadline, checked after that wait.
 func (u *upstream) call(ctx context.Context, op, method, path string, body []byte, limit int64) ([]byte, error) {
+	release, err := u.acquire(ctx, op)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if dl, ok := ctx.Deadline(); ok && method != http.MethodGet && time.Until(dl) < u.timeout {
+		return nil, &upstreamError{Op: op, Kind: failBusy, Unsent: true,
+			Err: errors.New("the write's UPSTREAM_TIMEOUT no longer fits in the request's deadline")}
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, u.timeout, errCallTimeout)
+	defer cancel()
+	return u.send(ctx, op, method, path, body, limit)
+}
+
+// acquire waits under ctx for one of the process's slots for calls in
+// flight, and returns the function that gives it back. Running out of ctx
+// while waiting is the gateway's own overload (failBusy) or the caller
+// leaving, never the upstream's fault: nothing was sent.
+func (u *upstream) acquire(ctx context.Context, op string) (func(), error) {
 	select {
 	case u.slots <- struct{}{}:
-		defer func() { <-u.slots }()
+		return func() { <-u.slots }, nil
 	case <-ctx.Done():
-		return nil, contextError(ctx, op, ctx.Err())
+		return nil, waitError(ctx, op)
+	}
+}
+
+// tryAcquire is acquire without waiting: nil when every slot is taken.
+func (u *upstream) tryAcquire() func() {
+	select {
+	case u.slots <- struct{}{}:
+		return func() { <-u.slots }
+	default:
+		return nil
+	}
+}
+
+// waitError is the error of a call whose ctx ended before it was sent.
+func waitError(ctx context.Context, op string) error {
+	if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		return &upstreamError{Op: op, Kind: failBusy, Unsent: true, Err: context.Cause(ctx)}
+	}
+	return &upstreamError{Op: op, Kind: failCanceled, Unsent: true, Err: context.Cause(ctx)}
+}
+
+// send makes one attempt, in a slot already held, under ctx, which carries
+// the call's UPSTREAM_TIMEOUT; it records the attempt. An attempt that the
+// context's send check (withSendCheck) refuses is not made.
+func (u *upstream) send(ctx context.Context, op, method, path string, body []byte, limit int64) ([]byte, error) {
+	if !maySend(ctx) {
+		return nil, &upstreamError{Op: op, Kind: failCanceled, Unsent: true, Err: errNobodyWaiting}
 	}
 	u.metrics.upstreamInflight(1)
 	defer u.metrics.upstreamInflight(-1)
-
 	start := time.Now()
 	out, err := u.roundTrip(ctx, op, method, path, body, limit)
 	took := time.Since(start)
@@ -459,25 +525,50 @@ func (u *upstream) call(ctx context.Context, op, method, path string, body []byt
 	return out, err
 }
 
-func (u *upstream) roundTrip(parent context.Context, op, method, path string, body []byte, limit int64) ([]byte, error) {
-	ctx := parent
-	if dl, ok := parent.Deadline(); !ok || time.Until(dl) > u.timeout {
-		// Unless the caller's deadline is sooner already (a hedged call's
-		// shared UPSTREAM_TIMEOUT, or the request's), this call gets its own.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(parent, u.timeout, errCallTimeout)
-		defer cancel()
-	}
+// sendCheckKey is the context key of a send check.
+type sendCheckKey struct{}
 
+// errNobodyWaiting is the cause of an attempt not made: nobody wants it.
+var errNobodyWaiting = errors.New("every caller waiting for this call has left")
+
+// withSendCheck returns ctx with a check that every attempt made under it
+// asks first: false means nobody wants the answer any more, and no attempt
+// is sent. Attempts already sent are not cancelled by it: they finish, so
+// that their answer can be kept.
+func withSendCheck(ctx context.Context, check func() bool) context.Context {
+	return context.WithValue(ctx, sendCheckKey{}, check)
+}
+
+func maySend(ctx context.Context) bool {
+	check, _ := ctx.Value(sendCheckKey{}).(func() bool)
+	return check == nil || check()
+}
+
+// unreplayable is the body of every GET: not nil, and without GetBody, so
+// that http.Transport never re-sends a request by itself when a reused
+// connection closes before answering (it would for a bodiless GET, as many
+// times as it has idle connections). Every attempt that reaches the
+// upstream is one this client decided to make and counted. The transport
+// sees that it is empty and sends no body.
+type unreplayable struct{}
+
+func (unreplayable) Read([]byte) (int, error) { return 0, io.EOF }
+func (unreplayable) Close() error             { return nil }
+
+func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body []byte, limit int64) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u.base+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, &upstreamError{Op: op, Kind: failNetwork, Err: err}
+	}
+	req.GetBody = nil // a write is never replayed by the transport either
+	if body == nil {
+		req.Body, req.ContentLength = unreplayable{}, 0
 	}
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if id := requestIDFrom(parent); id != "" {
+	if id := requestIDFrom(ctx); id != "" {
 		req.Header.Set("X-Request-ID", id)
 	}
 

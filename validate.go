@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,13 +35,6 @@ type addEventRequest struct {
 	Name    string
 	UserID  string
 	Details string
-}
-
-// fingerprint identifies the request's content, so that an Idempotency-Key
-// reused with a different body can be told apart from a retry.
-func (a addEventRequest) fingerprint() string {
-	sum := sha256.Sum256([]byte(a.Name + "\x00" + a.UserID + "\x00" + a.Details))
-	return hex.EncodeToString(sum[:])
 }
 
 // readWriteBody reads the body of a write, at most limit bytes. It must
