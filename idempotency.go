@@ -69,9 +69,9 @@ type claim struct {
 type writeResult int
 
 const (
-	writeUnsent  writeResult = iota // refused before it left: no trace is kept
-	writeFailed                     // sent, and not confirmed: it may be stored
-	writeStored                     // sent and confirmed
+	writeUnsent writeResult = iota // refused before it left: no trace is kept
+	writeFailed                    // sent, and not confirmed: it may be stored
+	writeStored                    // sent and confirmed
 )
 
 // errStoreFull refuses a new key while MaxKeys writes are in flight.
