@@ -53,6 +53,10 @@ type breakerSettings struct {
 	// guards; other errors (a refusal of a bad request, a caller that left)
 	// neither open nor close it. nil means every error is a fault.
 	IsFault func(error) bool
+	// WaitAtLeast returns how long a fault asks the breaker to wait before
+	// its next trial (an upstream's Retry-After); the wait after opening is
+	// never shorter, up to BackoffMax. nil means no fault asks.
+	WaitAtLeast func(error) time.Duration
 	// Jitter returns a float in [0, 1); nil means math/rand/v2.Float64.
 	// Each wait is the backoff less up to 20%, so that instances that
 	// opened together do not probe together.
@@ -128,18 +132,22 @@ func (b *breaker) Execute(call func() error) error {
 	panicking := true
 	defer func() {
 		if panicking {
-			b.record(t, outcomeFault, time.Now())
+			b.record(t, outcomeFault, time.Now(), 0)
 		}
 	}()
 	err = call()
 	panicking = false
 	switch {
 	case err == nil:
-		b.record(t, outcomeSuccess, time.Now())
+		b.record(t, outcomeSuccess, time.Now(), 0)
 	case b.s.IsFault(err):
-		b.record(t, outcomeFault, time.Now())
+		var wait time.Duration
+		if b.s.WaitAtLeast != nil {
+			wait = b.s.WaitAtLeast(err)
+		}
+		b.record(t, outcomeFault, time.Now(), wait)
 	default:
-		b.record(t, outcomeNeutral, time.Now())
+		b.record(t, outcomeNeutral, time.Now(), 0)
 	}
 	return err
 }
@@ -212,8 +220,9 @@ func (b *breaker) admit(now time.Time) (ticket, error) {
 	return ticket{b.generation}, nil
 }
 
-// record applies the outcome of a call admit let through.
-func (b *breaker) record(t ticket, o callOutcome, now time.Time) {
+// record applies the outcome of a call admit let through; a fault that
+// opens the breaker keeps it open at least minWait (within BackoffMax).
+func (b *breaker) record(t ticket, o callOutcome, now time.Time, minWait time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if t.generation != b.generation {
@@ -226,13 +235,13 @@ func (b *breaker) record(t ticket, o callOutcome, now time.Time) {
 		}
 		b.faults = append(b.pruned(now), now)
 		if len(b.faults) >= b.s.Threshold {
-			b.open(now, fmt.Sprintf("%d faults within %v", len(b.faults), b.s.Window))
+			b.open(now, fmt.Sprintf("%d faults within %v", len(b.faults), b.s.Window), minWait)
 		}
 	case stateHalfOpen:
 		b.trialsOut--
 		switch o {
 		case outcomeFault:
-			b.open(now, "a trial failed")
+			b.open(now, "a trial failed", minWait)
 		case outcomeSuccess:
 			b.successes++
 			if b.successes >= b.s.CloseAfter {
@@ -257,15 +266,15 @@ func (b *breaker) pruned(now time.Time) []time.Time {
 }
 
 // open moves to open, from closed with the first backoff, from half-open
-// with twice the last, and starts the goroutine that ends this open
-// period. b.mu must be held.
-func (b *breaker) open(now time.Time, reason string) {
+// with twice the last, but for no less than minWait (within BackoffMax),
+// and starts the goroutine that ends this open period. b.mu must be held.
+func (b *breaker) open(now time.Time, reason string, minWait time.Duration) {
 	if b.state == stateClosed {
 		b.backoff = b.s.BackoffMin
 	} else {
 		b.backoff = min(2*b.backoff, b.s.BackoffMax)
 	}
-	wait := b.jittered(b.backoff)
+	wait := max(b.jittered(b.backoff), min(minWait, b.s.BackoffMax))
 	b.nextTrial = now.Add(wait)
 	b.timesOpened++
 	b.transition(stateOpen, now, reason)

@@ -473,3 +473,30 @@ func TestPanicInATrialLeavesNothingTaken(t *testing.T) {
 		wantState(t, g.breaker, stateClosed)
 	})
 }
+
+// TestBreakerWaitsAsLongAsTheUpstreamAsked: the upstream answered writes 503
+// with Retry-After: 60; the breaker's next trial comes no earlier than 60 s,
+// not at BACKOFF_MIN, and an absurd Retry-After is held to BACKOFF_MAX.
+func TestBreakerWaitsAsLongAsTheUpstreamAsked(t *testing.T) {
+	for _, c := range []struct {
+		retryAfter, want time.Duration
+	}{{60 * time.Second, 60 * time.Second}, {2 * time.Second, 5 * time.Second}, {time.Hour, 60 * time.Second}} {
+		synctest.Test(t, func(t *testing.T) {
+			b := newTestBreaker(t, 0)
+			b.s.WaitAtLeast = retryAfter
+			overloaded := &upstreamError{Op: "addEvent", Kind: failUnavailable, Status: 503, RetryAfter: c.retryAfter}
+			start := time.Now()
+			for range 3 {
+				call(t, b, overloaded)
+			}
+			if got := b.Snapshot().NextTrial.Sub(start); got != c.want {
+				t.Errorf("Retry-After %v: next trial after %v; want %v", c.retryAfter, got, c.want)
+			}
+			time.Sleep(c.want - time.Millisecond)
+			wantState(t, b, stateOpen)
+			time.Sleep(time.Millisecond)
+			synctest.Wait()
+			wantState(t, b, stateHalfOpen)
+		})
+	}
+}

@@ -232,3 +232,28 @@ func TestHedgedFanoutUnderAHeavyTail(t *testing.T) {
 		})
 	}
 }
+
+// TestOneHedgePerRead: an upstream that answers every /getUsers 502 after
+// 50 ms, with hedges after 10 ms. Each of the three attempts could be
+// hedged; only one is, so the upstream sees at most 1 + 2 retries + 1 hedge
+// = 4 calls for one client request.
+func TestOneHedgePerRead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			select {
+			case <-time.After(50 * time.Millisecond):
+				w.WriteHeader(502)
+			case <-r.Context().Done():
+			}
+		}), hedgeAfter(10*time.Millisecond))
+		if rec := g.get("/getUsers"); rec.Code != 502 {
+			t.Errorf("= %d; want 502", rec.Code)
+		}
+		synctest.Wait()
+		if n := calls.Load(); n != 4 {
+			t.Errorf("upstream saw %d calls for one read; want 4: three attempts and one hedge", n)
+		}
+	})
+}

@@ -393,3 +393,71 @@ func TestIdempotencyKeyInFlightOutlivesItsTTL(t *testing.T) {
 		}
 	})
 }
+
+// TestNoWriteIsAcknowledgedUnderAnotherBodysID replays the attack on the
+// key memory: key K with body A is stored as X; while the breaker is open, a
+// flood of keyed writes (all refused before the upstream) tries to push K
+// out of a memory of two keys; afterwards K with body B is 422, never X. On
+// an instance that never saw K, and across a token rotation, K with B is
+// another id under which B is stored, and K with A is X again: one key,
+// one event per body, whatever each instance remembers.
+func TestNoWriteIsAcknowledgedUnderAnotherBodysID(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := quietMock()
+		var failing atomic.Bool
+		upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if failing.Load() {
+				w.WriteHeader(500)
+				return
+			}
+			m.ServeHTTP(w, r)
+		})
+		secret := []byte(strings.Repeat("x", 32))
+		g := newTestGateway(t, upstream, func(c *config) { c.IdempotencySecret, c.IdempotencyKeys = secret, 2 })
+		bodyA, bodyB := `{"name": "A", "userId": "3"}`, `{"name": "B", "userId": "3"}`
+		rec := g.post("/addEvent", bodyA, "Idempotency-Key", "K")
+		x := addedID(rec.Body.String())
+		if rec.Code != 200 || x == "" {
+			t.Fatalf("K with A = %d %q; want 200", rec.Code, rec.Body)
+		}
+
+		failing.Store(true)
+		for range 3 {
+			g.post("/addEvent", bodyA) // unkeyed: nothing to remember
+		}
+		failing.Store(false)
+		for i := range 100 {
+			if rec := g.post("/addEvent", bodyA, "Idempotency-Key", fmt.Sprint("flood-", i)); rec.Code != 503 {
+				t.Fatalf("flood write %d = %d; want 503 from the open breaker", i, rec.Code)
+			}
+		}
+		time.Sleep(time.Minute) // past the backoff: half-open
+		if rec := g.post("/addEvent", bodyB, "Idempotency-Key", "K"); rec.Code != 422 {
+			t.Errorf("K with B after the flood = %d %q; want 422: K is remembered", rec.Code, rec.Body)
+		}
+
+		other := newTestGateway(t, m, func(c *config) { c.IdempotencySecret, c.APIToken = secret, "rotated-token" })
+		bearer := []string{"Idempotency-Key", "K", "Authorization", "Bearer rotated-token"}
+		recB := other.post("/addEvent", bodyB, bearer...)
+		y := addedID(recB.Body.String())
+		if recB.Code != 200 || y == "" || y == x {
+			t.Errorf("K with B on another instance = %d %q; want 200 with an id other than %s", recB.Code, recB.Body, x)
+		}
+		if ev, ok := m.Event(y); !ok || ev.Name != "B" {
+			t.Errorf("upstream holds %+v under %s; want body B", ev, y)
+		}
+		if ev, _ := m.Event(x); ev.Name != "A" {
+			t.Errorf("upstream holds %+v under %s; want body A still", ev, x)
+		}
+		if rec := other.post("/addEvent", bodyA, bearer...); rec.Code != 422 {
+			t.Errorf("K with A where K is remembered with B = %d; want 422", rec.Code)
+		}
+		third := newTestGateway(t, m, func(c *config) { c.IdempotencySecret, c.APIToken = secret, "rotated-token" })
+		if rec := third.post("/addEvent", bodyA, bearer...); addedID(rec.Body.String()) != x {
+			t.Errorf("K with A after a token rotation = %d %q; want 200 with %s: one key, one event", rec.Code, rec.Body, x)
+		}
+		if u, _ := m.User("3"); len(u.Events) != 3 {
+			t.Errorf("user 3 holds %v; want event-4, A and B, once each", u.Events)
+		}
+	})
+}

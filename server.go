@@ -38,13 +38,14 @@ func (s services) Close() {
 func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.RoundTripper) services {
 	m := newMetrics()
 	br := newBreaker(breakerSettings{
-		Threshold:  cfg.BreakerThreshold,
-		Window:     cfg.BreakerWindow,
-		BackoffMin: cfg.BreakerBackoffMin,
-		BackoffMax: cfg.BreakerBackoffMax,
-		IsFault:    upstreamFault, // the one place that says what the upstream is to blame for
-		Logger:     logger,
-		OnChange:   m.breakerChanged,
+		Threshold:   cfg.BreakerThreshold,
+		Window:      cfg.BreakerWindow,
+		BackoffMin:  cfg.BreakerBackoffMin,
+		BackoffMax:  cfg.BreakerBackoffMax,
+		IsFault:     upstreamFault, // the one place that says what the upstream is to blame for
+		WaitAtLeast: retryAfter,
+		Logger:      logger,
+		OnChange:    m.breakerChanged,
 	})
 	up := newUpstream(upstreamOptions{
 		BaseURL:       upstreamURL,

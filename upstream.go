@@ -138,6 +138,15 @@ func upstreamFault(err error) bool {
 	return true
 }
 
+// retryAfter returns the Retry-After the upstream sent with err, or 0.
+func retryAfter(err error) time.Duration {
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		return ue.RetryAfter
+	}
+	return 0
+}
+
 // unsent reports whether err is from a call that never left eventgate.
 func unsent(err error) bool {
 	var ue *upstreamError
@@ -661,14 +670,16 @@ func pathSegment(op, id string) (string, error) {
 
 // parseRetryAfter reads a Retry-After header, in seconds or as an HTTP
 // date, as of now. A value it can read is kept within [1s, ceiling], so
-// that neither a past date nor an absurd number reaches a client; anything
-// else (absent, garbage) is zero.
+// that neither a past date nor an absurd number reaches a client (a number
+// too large for any integer type is the ceiling too); anything else
+// (absent, garbage) is zero.
 func parseRetryAfter(v string, now time.Time, ceiling time.Duration) time.Duration {
 	v = strings.TrimSpace(v)
 	var d time.Duration
-	if n, err := strconv.ParseUint(v, 10, 64); err == nil {
-		if n > uint64(ceiling/time.Second) {
-			return ceiling // checked before multiplying: 2^63 ns is only 292 years
+	if isDigits([]byte(v)) {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n > uint64(ceiling/time.Second) {
+			return ceiling // too large for 64 bits, or checked before multiplying: 2^63 ns is only 292 years
 		}
 		d = time.Duration(n) * time.Second
 	} else if t, err := http.ParseTime(v); err == nil {

@@ -330,6 +330,8 @@ func retryAfterAttacks() []upstreamAttack {
 			path: "/getUsers", want: 503, message: "retry after 60 seconds", check: retryAfterWithin(60, 60)},
 		{name: "Retry-After that wraps around 2^64 nanoseconds", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "18446744074")},
 			path: "/getUsers", want: 503, check: retryAfterWithin(60, 60)},
+		{name: "Retry-After past 2^64 seconds", routes: map[string]http.HandlerFunc{"GET /getUsers": answer(503, ``, "Retry-After", "18446744073709551616")},
+			path: "/getUsers", want: 503, message: "retry after 60 seconds", check: retryAfterWithin(60, 60)},
 		{name: "Retry-After as a date", routes: map[string]http.HandlerFunc{"GET /getUsers": func(w http.ResponseWriter, r *http.Request) {
 			answer(503, ``, "Retry-After", time.Now().Add(30*time.Second).UTC().Format(http.TimeFormat))(w, r)
 		}}, path: "/getUsers", want: 503, check: retryAfterWithin(29, 30)},
@@ -514,5 +516,49 @@ func TestUpstreamIDsStayInTheirSegment(t *testing.T) {
 		if err == nil || len(seen) != 0 {
 			t.Errorf("id %q: err %v, reached %q; want an error and no call", id, err, seen)
 		}
+	}
+}
+
+// TestTransportNeverReplaysByItself warms the connection pool with 20 idle
+// connections, then has the upstream drop every connection that asks for
+// /getUsers without answering. Go's transport would re-send the request on
+// each idle connection in turn; eventgate's reads reach the upstream only
+// as often as its own retries allow (three attempts), and the last attempt
+// of each is one eventgate counted.
+func TestTransportNeverReplaysByItself(t *testing.T) {
+	checkGoroutines(t)
+	const warm = 20
+	var arrived sync.WaitGroup
+	arrived.Add(warm)
+	var users atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/getUsers" {
+			users.Add(1)
+			conn, _, _ := http.NewResponseController(w).Hijack()
+			conn.Close()
+			return
+		}
+		arrived.Done()
+		arrived.Wait() // all 20 at once: 20 connections, idle afterwards
+		io.WriteString(w, "[]")
+	}))
+	defer srv.Close()
+	g := newGatewayAt(t, srv.URL, nil, nil)
+	defer g.close()
+	var wg sync.WaitGroup
+	for range warm {
+		wg.Go(func() {
+			if rec := g.get("/getEvents"); rec.Code != 200 {
+				t.Errorf("warming /getEvents = %d", rec.Code)
+			}
+		})
+	}
+	wg.Wait()
+	rec := g.get("/getUsers")
+	if rec.Code != 502 {
+		t.Errorf("/getUsers with every connection dropped = %d; want 502", rec.Code)
+	}
+	if n := users.Load(); n > 3 {
+		t.Errorf("upstream received /getUsers %d times for one request; want at most 3, the attempts eventgate made", n)
 	}
 }

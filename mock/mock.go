@@ -233,6 +233,15 @@ func (h *Handler) addEvent(w http.ResponseWriter, r *http.Request) {
 		writeMessage(w, http.StatusBadRequest, "id, name and userId are required")
 		return
 	}
+	// The user is checked before the write counts against the capacity:
+	// a write for an unknown user costs the others nothing.
+	h.mu.Lock()
+	_, known := h.byUser[e.UserID]
+	h.mu.Unlock()
+	if !known {
+		writeMessage(w, http.StatusNotFound, "User not found")
+		return
+	}
 	if !h.admit(time.Now()) {
 		if wait(r, h.opts.RejectDelay) {
 			body := []byte(`{"success":false,"error":"Service temporarily unavailable","message":"Event API is experiencing high load"}`)
@@ -241,15 +250,8 @@ func (h *Handler) addEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.mu.Lock()
-	_, known := h.byUser[e.UserID]
-	if known {
-		h.store(e)
-	}
+	h.store(e)
 	h.mu.Unlock()
-	if !known {
-		writeMessage(w, http.StatusNotFound, "User not found")
-		return
-	}
 	body, err := json.Marshal(map[string]any{"success": true, "id": e.ID})
 	writeJSON(w, http.StatusOK, body, err)
 }

@@ -134,6 +134,22 @@ func TestAddEventCapacityWindowSlides(t *testing.T) {
 	})
 }
 
+// TestUnknownUsersDoNotUseTheCapacity: writes for a user that does not
+// exist are 404 and leave the capacity to the writes that do.
+func TestUnknownUsersDoNotUseTheCapacity(t *testing.T) {
+	h := New(Options{AddCapacity: 2, AddWindow: 10 * time.Second})
+	for i := range 5 {
+		if rec := serve(h, "POST", "/addEvent", fmt.Sprintf(`{"id": "x%d", "name": "n", "userId": "9"}`, i)); rec.Code != 404 {
+			t.Fatalf("write %d for an unknown user = %d; want 404", i, rec.Code)
+		}
+	}
+	for _, id := range []string{"a", "b"} {
+		if rec := serve(h, "POST", "/addEvent", fmt.Sprintf(`{"id": %q, "name": "n", "userId": "1"}`, id)); rec.Code != 200 {
+			t.Errorf("write %s after five for an unknown user = %d; want 200, the capacity untouched", id, rec.Code)
+		}
+	}
+}
+
 func TestAddEventStoresAnIDOnce(t *testing.T) {
 	h := New(Options{})
 	body := `{"id": "e1", "name": "n", "userId": "2", "details": "d"}`
