@@ -562,3 +562,74 @@ func TestTransportNeverReplaysByItself(t *testing.T) {
 		t.Errorf("upstream received /getUsers %d times for one request; want at most 3, the attempts eventgate made", n)
 	}
 }
+
+// TestWaitingForASlotIsNotTheUpstreamsTime: with 15 upstream slots and two
+// users of 10 events each at 1.5 s a lookup, some of the second user's
+// lookups wait 1.5 s for a slot and then take 1.5 s: 3 s in all, past UPSTREAM_TIMEOUT
+// (2 s), which starts only once a call is sent. Both are 200, and no call
+// is counted as an upstream timeout; with hedging on, as by default.
+func TestWaitingForASlotIsNotTheUpstreamsTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(1500 * time.Millisecond)
+		api.addUser("a", 10)
+		api.users["b"] = []string{"b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9"}
+		// 15 slots: a's user and 10 lookups, b's user, and 3 of b's lookups
+		// run at once; b's other 7 wait for a's to end.
+		g := newTestGateway(t, api, func(c *config) { c.UpstreamMaxInflight, c.HedgeAuto = 15, true })
+		var wg sync.WaitGroup
+		codes := make([]int, 2)
+		for i, user := range []string{"a", "b"} {
+			wg.Go(func() {
+				codes[i] = g.get("/getEventsByUserId/" + user).Code
+			})
+			time.Sleep(time.Millisecond) // a's lookups take the slots first
+		}
+		wg.Wait()
+		if codes[0] != 200 || codes[1] != 200 {
+			t.Errorf("two users at once = %v; want both 200", codes)
+		}
+		if m := g.get("/metrics").Body.String(); strings.Contains(m, `outcome="timeout"`) {
+			t.Errorf("/metrics counts upstream timeouts:\n%s", m)
+		}
+	})
+}
+
+// TestAWriteThatWaitedTooLongIsNotSent: the only upstream slot is held by a
+// read that hangs; a keyed write waits for it until the request's deadline,
+// and is answered 503 with Retry-After as the gateway's own overload.
+// Nothing is sent, the breaker counts no fault, and the key keeps no trace:
+// once the slot is free, the same key with another body is stored.
+func TestAWriteThatWaitedTooLongIsNotSent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var writes atomic.Int32
+		m := quietMock()
+		hang := make(chan struct{})
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost {
+				writes.Add(1)
+				m.ServeHTTP(w, r)
+				return
+			}
+			<-hang
+		}), func(c *config) { c.UpstreamMaxInflight, c.UpstreamTimeout = 1, time.Minute; c.RequestTimeout = 61 * time.Second })
+		read := make(chan int)
+		go func() { read <- g.get("/getUsers").Code }()
+		synctest.Wait()
+		rec := g.post("/addEvent", `{"name": "n", "userId": "1"}`, "Idempotency-Key", "k")
+		if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || !strings.Contains(rec.Body.String(), "gateway is busy") {
+			t.Errorf("a write that found no slot in time = %d %q, Retry-After %q; want 503 saying the gateway is busy, with Retry-After",
+				rec.Code, rec.Body, rec.Header().Get("Retry-After"))
+		}
+		if n := writes.Load(); n != 0 {
+			t.Errorf("upstream received %d writes; want none", n)
+		}
+		if s := g.breaker.Snapshot(); s.FailuresInWindow != 0 {
+			t.Errorf("breaker counts %d faults; want none: the gateway waited, not the upstream", s.FailuresInWindow)
+		}
+		close(hang)
+		<-read
+		if rec := g.post("/addEvent", `{"name": "other", "userId": "1"}`, "Idempotency-Key", "k"); rec.Code != 200 {
+			t.Errorf("the key of a write never sent, with another body = %d %q; want 200: no trace kept", rec.Code, rec.Body)
+		}
+	})
+}
