@@ -101,7 +101,7 @@ func benchLoad(b *testing.B, base, owner string, ids []string) {
 	defer up.client.CloseIdleConnections()
 	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}), Limit: cfg.FanoutLimit})
 	for b.Loop() {
-		if events, err := loader.Load(b.Context(), owner, ids); err != nil || len(events) != len(ids) {
+		if events, err := loader.Load(b.Context(), owner, ids, nil); err != nil || len(events) != len(ids) {
 			b.Fatalf("Load = %d events, %v; want %d", len(events), err, len(ids))
 		}
 	}

@@ -38,6 +38,7 @@ type config struct {
 	EventCacheBytes     int64
 	MaxUserEvents       int   // event ids taken from one user
 	MaxResponseBytes    int64 // the events of one answer
+	MemoryBudget        int64 // bytes held for all requests in flight at once
 
 	IdempotencyTTL    time.Duration
 	IdempotencyKeys   int
@@ -72,6 +73,7 @@ var envDefaults = []struct{ name, value string }{
 	{"EVENT_CACHE_BYTES", "64MiB"},
 	{"MAX_USER_EVENTS", "10000"},
 	{"MAX_RESPONSE_BYTES", "32MiB"},
+	{"MEMORY_BUDGET", "256MiB"},
 	{"IDEMPOTENCY_TTL", "24h"},
 	{"IDEMPOTENCY_KEYS", "100000"},
 	{"IDEMPOTENCY_BYTES", "32MiB"},
@@ -111,6 +113,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		EventCacheBytes:     p.bytes("EVENT_CACHE_BYTES", 1<<20),
 		MaxUserEvents:       p.int("MAX_USER_EVENTS", 1, 10_000_000),
 		MaxResponseBytes:    p.bytes("MAX_RESPONSE_BYTES", 64<<10),
+		MemoryBudget:        p.bytes("MEMORY_BUDGET", 16<<20),
 		IdempotencyTTL:      p.duration("IDEMPOTENCY_TTL", time.Second),
 		IdempotencyKeys:     p.int("IDEMPOTENCY_KEYS", 1, 100_000_000),
 		IdempotencyBytes:    p.bytes("IDEMPOTENCY_BYTES", 64<<10),

@@ -31,12 +31,15 @@ func newEventLoader(o loaderOptions) *eventLoader { return &eventLoader{o} }
 // once, at its first place. Events the upstream says do not exist, and
 // events of another user, are left out, and logged in one line per load.
 //
-// Every event counts toward MaxBytes while the load holds it, cached or
-// not, another user's included until it is judged and dropped. Any other
-// failure, or events adding up to more than MaxBytes, fails the whole load
-// at once and stops the lookups not yet sent; Load returns only after every
-// goroutine it started has ended.
-func (l *eventLoader) Load(ctx context.Context, userID string, ids []string) ([]json.RawMessage, error) {
+// Before any lookup, the most the answer can take is reserved in held (the
+// request's share of the memory budget): the cached events' bytes, the
+// largest event the upstream may send for each of the others, at most
+// MaxBytes, and the ids; a request that cannot get it in time is the
+// gateway's own overload. Events in the answer that are also in the cache
+// are counted in both. Any other failure, or events adding up to more than
+// MaxBytes, fails the whole load at once and stops the lookups not yet
+// sent; Load returns only after every goroutine it started has ended.
+func (l *eventLoader) Load(ctx context.Context, userID string, ids []string, held *memoryAccount) ([]json.RawMessage, error) {
 	found := make(map[string]json.RawMessage, len(ids))
 	var order, missing []string // distinct ids; those not in the cache
 	var left leftOut
@@ -59,6 +62,9 @@ func (l *eventLoader) Load(ctx context.Context, userID string, ids []string) ([]
 		}
 		found[id] = js
 	}
+	if err := held.reserve(ctx, l.reservation(order, found, len(missing))); err != nil {
+		return nil, err
+	}
 	if len(missing) > 0 {
 		fetched, err := l.fetchAll(ctx, userID, missing, &answer, &left)
 		if err != nil {
@@ -77,6 +83,21 @@ func (l *eventLoader) Load(ctx context.Context, userID string, ids []string) ([]
 		}
 	}
 	return out, nil
+}
+
+// reservation is the memory an answer of the distinct ids order may take,
+// missing of them not cached: see Load.
+func (l *eventLoader) reservation(order []string, cached map[string]json.RawMessage, missing int) int64 {
+	var events, names int64
+	for _, id := range order {
+		events += int64(len(cached[id])) + 1
+		names += int64(len(id)) + 16 // the string header beside it
+	}
+	events += int64(missing) * (maxEventBody + 1)
+	if l.MaxBytes > 0 {
+		events = min(events, l.MaxBytes)
+	}
+	return events + names
 }
 
 // keep judges one event for the answer: it returns its JSON if it is

@@ -334,7 +334,7 @@ func TestFanoutReusesConnections(t *testing.T) {
 	defer up.client.CloseIdleConnections()
 	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event, Size: 10}), Limit: 100})
 	for range 20 {
-		events, err := loader.Load(t.Context(), "u", api.users["u"])
+		events, err := loader.Load(t.Context(), "u", api.users["u"], nil)
 		if err != nil || len(events) != 50 {
 			t.Fatalf("Load = %d events, %v", len(events), err)
 		}
@@ -369,7 +369,7 @@ func TestLoadAfterTheContextEndedLooksNothingUp(t *testing.T) {
 	l, fetches := countingLoader(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	events, err := l.Load(ctx, "u", []string{"e1", "e2", "e3"})
+	events, err := l.Load(ctx, "u", []string{"e1", "e2", "e3"}, nil)
 	if err == nil || toAPIError(err).Status != statusClientClosed || fetches.Load() != 0 {
 		t.Errorf("Load after the client left = %d events, %v, after %d fetches; want the client's leaving and no fetch", len(events), err, fetches.Load())
 	}
@@ -385,8 +385,8 @@ func TestWarmLoadDoesNoPerEventWork(t *testing.T) {
 	for i := range ids {
 		ids[i] = fmt.Sprint("e", i)
 	}
-	l.Load(t.Context(), "u", ids)
-	if allocs := testing.AllocsPerRun(20, func() { l.Load(t.Context(), "u", ids) }); allocs > 20 {
+	l.Load(t.Context(), "u", ids, nil)
+	if allocs := testing.AllocsPerRun(20, func() { l.Load(t.Context(), "u", ids, nil) }); allocs > 20 {
 		t.Errorf("a warm load of 100 events made %v allocations; want at most 20, none per event", allocs)
 	}
 }

@@ -13,13 +13,21 @@ import (
 
 // handleList serves a list endpoint by passing the upstream's JSON array
 // through unchanged: it was checked to be a JSON array, and decoding and
-// encoding it again would only cost time.
-func handleList(fetch func(context.Context) ([]byte, error)) http.Handler {
+// encoding it again would only cost time. The largest list the upstream may
+// send is reserved in the memory budget before it is asked for, and what
+// the list takes is held until it is written.
+func handleList(fetch func(context.Context) ([]byte, error), memory *memoryPool) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		held := memory.account()
+		defer held.close()
+		if err := held.reserve(r.Context(), maxListBody); err != nil {
+			return err
+		}
 		body, err := fetch(r.Context())
 		if err != nil {
 			return err
 		}
+		held.keep(int64(cap(body)))
 		writeRaw(w, http.StatusOK, body)
 		return nil
 	})
@@ -28,8 +36,10 @@ func handleList(fetch func(context.Context) ([]byte, error)) http.Handler {
 // handleEventsByUser answers the events of one user, in the user's order.
 // Events the user lists but the upstream no longer has, or that belong to
 // another user, are left out.
-func handleEventsByUser(up *upstream, loader *eventLoader) http.Handler {
+func handleEventsByUser(up *upstream, loader *eventLoader, memory *memoryPool) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		held := memory.account()
+		defer held.close()
 		id := r.PathValue("id")
 		if problem := checkID(id); problem != "" {
 			return errorf(http.StatusBadRequest, "invalid user id: %s", problem)
@@ -41,7 +51,7 @@ func handleEventsByUser(up *upstream, loader *eventLoader) http.Handler {
 		if err != nil {
 			return err
 		}
-		events, err := loader.Load(r.Context(), id, ids)
+		events, err := loader.Load(r.Context(), id, ids, held)
 		if err != nil {
 			return err
 		}
@@ -96,8 +106,13 @@ func handleReady(ready *atomic.Bool) http.Handler {
 // key and the event, so a retried request reuses its first id and the
 // upstream (which stores an id once) never holds it twice. Once stored, the
 // id is forgotten by the event cache, which may remember it as missing.
-func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDeriver, loader *eventLoader) http.Handler {
+func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDeriver, loader *eventLoader, memory *memoryPool) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		held := memory.account()
+		defer held.close()
+		if err := held.reserve(r.Context(), bodyReservation(r, maxAddEventBody)); err != nil {
+			return err
+		}
 		body, err := readWriteBody(w, r, maxAddEventBody, up.timeout)
 		if err != nil {
 			return err

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -101,6 +102,7 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 		cfg.MaxConnections, cfg.UpstreamMaxInflight = conns, inflight
 	}
 
+	limit := setMemoryLimit(cfg)
 	upstreamURL := cfg.UpstreamURL
 	if upstreamURL == "" {
 		mockURL, stopMock, err := startEmbeddedMock(cfg, logger)
@@ -114,13 +116,14 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 	s := wire(cfg, logger, upstreamURL, nil)
 	defer s.Close()
 	srv := newHTTPServer(cfg, newServer(logger, cfg, s), logger)
-	limit := func(ln net.Listener) net.Listener {
+	capConns := func(ln net.Listener) net.Listener {
 		l := newConnLimiter(ln, cfg.MaxConnections, s.metrics)
 		srv.ConnState = l.track
 		return l
 	}
 
-	attrs := []any{"upstream", redacted(upstreamURL), "embedded_mock", cfg.UpstreamURL == "", "max_connections", cfg.MaxConnections}
+	attrs := []any{"upstream", redacted(upstreamURL), "embedded_mock", cfg.UpstreamURL == "", "max_connections", cfg.MaxConnections,
+		"memory_budget", formatBytes(cfg.MemoryBudget), "go_memory_limit", limit}
 	if cfg.APIToken == "" {
 		attrs = append(attrs, "writes", "open: API_TOKEN is not set")
 	} else {
@@ -131,7 +134,25 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 	} else {
 		attrs = append(attrs, "idempotency_keys", "shared by every instance with this IDEMPOTENCY_SECRET")
 	}
-	return serve(ctx, srv, cfg, logger, "eventgate listening", s.ready, limit, attrs...)
+	return serve(ctx, srv, cfg, logger, "eventgate listening", s.ready, capConns, attrs...)
+}
+
+// memoryLimitBaseline is what the process holds besides the memory budget
+// and the two caches: the runtime, goroutine stacks, connection buffers.
+const memoryLimitBaseline = 64 << 20
+
+// setMemoryLimit sets the Go runtime's soft memory limit to everything the
+// configuration bounds (the memory budget, the event cache and the key
+// memory) plus memoryLimitBaseline, so that the collector works harder
+// before the heap outgrows them, instead of letting it double. An
+// operator's GOMEMLIMIT wins. It returns the limit in force, for the log.
+func setMemoryLimit(cfg config) string {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return "GOMEMLIMIT=" + os.Getenv("GOMEMLIMIT")
+	}
+	limit := cfg.MemoryBudget + cfg.EventCacheBytes + cfg.IdempotencyBytes + memoryLimitBaseline
+	debug.SetMemoryLimit(limit)
+	return formatBytes(limit)
 }
 
 // newHTTPServer returns a server whose timeouts are chosen, not defaulted.

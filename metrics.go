@@ -40,6 +40,8 @@ type metrics struct {
 	// hedgeDelays, if set, returns the current hedge delay of each call
 	// kind; set once, by wire.
 	hedgeDelays func() map[string]time.Duration
+	// memoryPools are the memory budget's pools by name; set once, by wire.
+	memoryPools map[string]*memoryPool
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -204,6 +206,21 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&b, "# HELP eventgate_client_connections Client connections open.\n# TYPE eventgate_client_connections gauge\neventgate_client_connections %d\n", m.connsOpen.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_client_connections_refused_total Client connections closed at once: MAX_CONNECTIONS were open and none was idle.\n# TYPE eventgate_client_connections_refused_total counter\neventgate_client_connections_refused_total %d\n", m.connsRefuse.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_client_connections_idle_closed_total Idle keep-alive client connections closed to make room for a new one at MAX_CONNECTIONS.\n# TYPE eventgate_client_connections_idle_closed_total counter\neventgate_client_connections_idle_closed_total %d\n", m.connsIdle.Load())
+	if m.memoryPools != nil {
+		pools := slices.Sorted(maps.Keys(m.memoryPools))
+		fmt.Fprintf(&b, "# HELP eventgate_memory_budget_bytes The memory budget for requests in flight (MEMORY_BUDGET), by pool.\n# TYPE eventgate_memory_budget_bytes gauge\n")
+		for _, p := range pools {
+			fmt.Fprintf(&b, "eventgate_memory_budget_bytes{pool=%q} %d\n", p, m.memoryPools[p].total)
+		}
+		fmt.Fprintf(&b, "# HELP eventgate_memory_in_use_bytes Bytes of the memory budget held now, by pool.\n# TYPE eventgate_memory_in_use_bytes gauge\n")
+		for _, p := range pools {
+			fmt.Fprintf(&b, "eventgate_memory_in_use_bytes{pool=%q} %d\n", p, m.memoryPools[p].inUse())
+		}
+		fmt.Fprintf(&b, "# HELP eventgate_memory_refused_total Waits for the memory budget that ran out of time or were left, by pool.\n# TYPE eventgate_memory_refused_total counter\n")
+		for _, p := range pools {
+			fmt.Fprintf(&b, "eventgate_memory_refused_total{pool=%q} %d\n", p, m.memoryPools[p].refused.Load())
+		}
+	}
 	writeProcessMetrics(&b)
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

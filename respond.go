@@ -5,6 +5,7 @@ package main
 // JSON answers.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,6 +116,11 @@ const statusClientClosed = 499
 // answered 503 without saying how long.
 const defaultRetryAfter = 5 * time.Second
 
+// errBusy is the answer when eventgate itself is overloaded: no upstream
+// slot or no memory came in time.
+var errBusy = &apiError{Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
+	Message: "the gateway is busy with other requests; retry in a second"}
+
 // toAPIError maps any error a handler returns to what the client is told,
 // following the status table of the README. Only messages written for
 // a person reach the client: an upstream's body or Go's error text never do.
@@ -126,6 +132,12 @@ func toAPIError(err error) *apiError {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return errorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", mbe.Limit)
+	}
+	if errors.Is(err, errMemoryBusy) {
+		return errBusy
+	}
+	if errors.Is(err, context.Canceled) {
+		return errorf(statusClientClosed, "the client closed the request")
 	}
 	var oe *openError
 	if errors.As(err, &oe) {
@@ -157,11 +169,7 @@ func toAPIError(err error) *apiError {
 			RetryAfter: wait,
 		}
 	case failBusy:
-		return &apiError{
-			Status:     http.StatusServiceUnavailable,
-			Message:    "the gateway is busy; nothing was sent to the event service; retry in a second",
-			RetryAfter: time.Second,
-		}
+		return errBusy
 	case failTimeout, failDeadline:
 		status = http.StatusGatewayTimeout
 		say("the event service did not answer in time")

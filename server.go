@@ -19,6 +19,7 @@ type services struct {
 	breaker *breaker          // guards POST /addEvent
 	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
 	ids     idDeriver         // the event ids of keyed writes
+	answers *memoryPool // the memory budget's pool for what requests keep
 	metrics *metrics
 	ready   *atomic.Bool // false once shutdown has begun
 }
@@ -37,6 +38,8 @@ func (s services) Close() {
 // must Close what it returns.
 func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.RoundTripper) services {
 	m := newMetrics()
+	answers, reads := newMemoryPool(cfg.MemoryBudget-cfg.MemoryBudget/4), newMemoryPool(cfg.MemoryBudget/4)
+	m.memoryPools = map[string]*memoryPool{"answers": answers, "reads": reads}
 	br := newBreaker(breakerSettings{
 		Threshold:   cfg.BreakerThreshold,
 		Window:      cfg.BreakerWindow,
@@ -55,6 +58,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		MaxUserEvents: cfg.MaxUserEvents,
 		MaxRetryAfter: cfg.BreakerBackoffMax,
 		Hedge:         newHedgePolicy(cfg.HedgeDelay, cfg.HedgeAuto, cfg.UpstreamTimeout),
+		Reads:         reads,
 		Metrics:       m,
 		Transport:     transport,
 	})
@@ -75,6 +79,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		breaker: br,
 		keys:    newIdempotencyStore(storeOptions{TTL: cfg.IdempotencyTTL, MaxKeys: cfg.IdempotencyKeys, MaxBytes: cfg.IdempotencyBytes}),
 		ids:     newIDDeriver(cfg.IdempotencySecret),
+		answers: answers,
 		metrics: m,
 		ready:   ready,
 	}
@@ -90,10 +95,10 @@ type route struct {
 // test keeps the two in step.
 func routes(cfg config, s services) []route {
 	return []route{
-		{"GET /getUsers", handleList(s.up.Users)},
-		{"GET /getEvents", handleList(s.up.Events)},
-		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader)},
-		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids, s.loader))},
+		{"GET /getUsers", handleList(s.up.Users, s.answers)},
+		{"GET /getEvents", handleList(s.up.Events, s.answers)},
+		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader, s.answers)},
+		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids, s.loader, s.answers))},
 		{"GET /health", handleHealth(s.breaker, s.metrics)},
 		{"GET /ready", handleReady(s.ready)},
 		{"GET /metrics", s.metrics},

@@ -172,6 +172,7 @@ type upstream struct {
 	maxUserEvents int
 	maxRetryAfter time.Duration
 	hedge         *hedgePolicy   // for idempotent reads; nil: none
+	reads         *memoryPool    // bodies being read, for the whole process; nil: unbounded
 	running       sync.WaitGroup // hedges in flight, waited for by Close
 	metrics       *metrics       // may be nil
 }
@@ -186,6 +187,7 @@ type upstreamOptions struct {
 	MaxUserEvents int           // event ids taken from one user; 0 means 10,000
 	MaxRetryAfter time.Duration // the longest Retry-After passed on; 0 means 60s
 	Hedge         *hedgePolicy  // when reads are hedged; nil: never
+	Reads         *memoryPool   // the memory budget's pool for bodies being read; nil: unbounded
 	Metrics       *metrics      // nil records nothing
 	Transport     http.RoundTripper
 }
@@ -215,6 +217,7 @@ func newUpstream(o upstreamOptions) *upstream {
 		maxUserEvents: o.MaxUserEvents,
 		maxRetryAfter: o.MaxRetryAfter,
 		hedge:         o.Hedge,
+		reads:         o.Reads,
 		metrics:       o.Metrics,
 	}
 }
@@ -595,7 +598,7 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 	}
 	switch {
 	case s >= 200 && s <= 299:
-		return readBody(ctx, op, resp, limit)
+		return u.readBody(ctx, op, resp, limit)
 	case s == http.StatusNotFound:
 		return nil, &upstreamError{Op: op, Kind: failNotFound, Status: s}
 	case s == http.StatusServiceUnavailable || s == http.StatusTooManyRequests:
@@ -612,33 +615,73 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 
 // readBody reads a 2xx answer's body, at most limit bytes, under ctx (the
 // call's deadline). A body the upstream declares too large is refused
-// before it is read; one of declared length gets exactly that buffer, so
-// what the cache keeps is what it counts.
-func readBody(ctx context.Context, op string, resp *http.Response, limit int64) ([]byte, error) {
+// before it is read. Before reading, the bytes it may take (its declared
+// length, else limit) are reserved in the process's reads pool, and given
+// back once it is read: a body that stalls one byte short holds no memory
+// that is not counted. One of declared length gets exactly that buffer;
+// one of unknown length is copied to a buffer of its size, so what the
+// cache keeps is what it counts.
+func (u *upstream) readBody(ctx context.Context, op string, resp *http.Response, limit int64) ([]byte, error) {
 	tooLarge := &upstreamError{Op: op, Kind: failTooLarge, Status: resp.StatusCode,
 		Err:     fmt.Errorf("answer larger than %d bytes", limit),
 		Message: fmt.Sprintf("the event service sent an answer larger than this gateway accepts (%s)", formatBytes(limit))}
 	if resp.ContentLength > limit {
 		return nil, tooLarge
 	}
+	want := limit + limit/2 // the last doubling holds the old buffer and the new
+	if resp.ContentLength >= 0 {
+		want = resp.ContentLength
+	}
+	got, err := u.reads.acquire(ctx, want)
+	if err != nil {
+		if errors.Is(context.Cause(ctx), errCallTimeout) {
+			// UPSTREAM_TIMEOUT passed while eventgate waited for memory:
+			// its own overload, not the upstream's slowness.
+			return nil, &upstreamError{Op: op, Kind: failBusy, Err: errMemoryBusy}
+		}
+		return nil, contextError(ctx, op, err)
+	}
+	defer u.reads.release(got)
 	var data []byte
-	var err error
 	if resp.ContentLength >= 0 {
 		data = make([]byte, resp.ContentLength)
 		_, err = io.ReadFull(resp.Body, data)
 	} else {
-		data, err = io.ReadAll(io.LimitReader(resp.Body, limit+1))
+		data, err = readCapped(resp.Body, limit+1)
 		if int64(len(data)) > limit {
 			return nil, tooLarge
 		}
-		if cap(data)-len(data) > len(data)/4 {
-			data = bytes.Clone(data) // ReadAll grows by doubling
+		if cap(data) != len(data) {
+			data = bytes.Clone(data)
 		}
 	}
 	if err != nil {
 		return nil, contextError(ctx, op, err)
 	}
 	return data, nil
+}
+
+// readCapped reads r to its end or to max bytes, in a buffer that doubles
+// from 4 KiB but never past max: it never holds more than max, plus half
+// of max while it grows.
+func readCapped(r io.Reader, max int64) ([]byte, error) {
+	buf := make([]byte, 0, min(4<<10, max))
+	for {
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return buf, err
+		case int64(len(buf)) == max:
+			return buf, nil
+		case len(buf) == cap(buf):
+			grown := make([]byte, len(buf), min(2*int64(cap(buf)), max))
+			copy(grown, buf)
+			buf = grown
+		}
+	}
 }
 
 // contextError classifies err from a call made under ctx: a timeout if

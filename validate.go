@@ -37,6 +37,15 @@ type addEventRequest struct {
 	Details string
 }
 
+// bodyReservation is the memory a request's body may take: its declared
+// length, if within limit, else limit.
+func bodyReservation(r *http.Request, limit int64) int64 {
+	if r.ContentLength >= 0 && r.ContentLength < limit {
+		return r.ContentLength
+	}
+	return limit
+}
+
 // readWriteBody reads the body of a write, at most limit bytes. It must
 // arrive while reserve (UPSTREAM_TIMEOUT) is still left before the request's
 // deadline, because a write is sent upstream only with its whole timeout
