@@ -19,7 +19,7 @@ type services struct {
 	breaker *breaker          // guards POST /addEvent
 	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
 	ids     idDeriver         // the event ids of keyed writes
-	answers *memoryPool // the memory budget's pool for what requests keep
+	answers *memoryPool       // the memory budget's pool for what requests keep
 	metrics *metrics
 	ready   *atomic.Bool // false once shutdown has begun
 }

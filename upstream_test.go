@@ -611,7 +611,10 @@ func TestAWriteThatWaitedTooLongIsNotSent(t *testing.T) {
 				return
 			}
 			<-hang
-		}), func(c *config) { c.UpstreamMaxInflight, c.UpstreamTimeout = 1, time.Minute; c.RequestTimeout = 61 * time.Second })
+		}), func(c *config) {
+			c.UpstreamMaxInflight, c.UpstreamTimeout = 1, time.Minute
+			c.RequestTimeout = 61 * time.Second
+		})
 		read := make(chan int)
 		go func() { read <- g.get("/getUsers").Code }()
 		synctest.Wait()
