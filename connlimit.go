@@ -1,40 +1,75 @@
 package main
 
 import (
+	"container/list"
+	"context"
 	"net"
 	"net/http"
 	"sync"
-	"time"
 )
 
 // connLimiter is a net.Listener that keeps at most max client connections
 // open, so that neither memory nor file descriptors run out however many a
 // client opens. Past the cap, a new connection takes the place of the one
-// idle longest, if any is idle (a keep-alive connection costs its client
-// only a new dial); if none is, the new one is closed at once, never
+// that has waited longest without a request being served: idle between
+// requests, or open without having completed a request's headers (a
+// keep-alive connection costs its client only a new dial; one that never
+// finishes its headers is what a client holding the cap would open). If
+// every connection is being served, the new one is closed at once, never
 // queued: its client sees a refusal it can retry, not a wait.
 //
-// The server must report connection states to track (http.Server.ConnState),
-// which is how the limiter knows which connections are idle.
+// The connections that may make room are kept in the order they became so,
+// so that finding the one to close costs the same whatever the number open.
+// attach wires the limiter into the server: its connection states, and the
+// request contexts through which markServing learns that a request's headers
+// are complete.
 type connLimiter struct {
 	net.Listener
 	max     int
 	metrics *metrics // may be nil
 
-	mu    sync.Mutex                // protects conns
-	conns map[*limitedConn]struct{} // open connections
+	mu        sync.Mutex // protects the fields below and every limitedConn's element
+	open      int        // connections counted
+	evictable list.List  // of *limitedConn not being served, longest waiting first
 }
 
 // limitedConn is a connection the limiter counts until it is closed.
 type limitedConn struct {
 	net.Conn
-	l         *connLimiter
-	idleSince time.Time // zero unless idle between requests; guarded by l.mu
-	once      sync.Once
+	l       *connLimiter
+	counted bool          // guarded by l.mu
+	waiting *list.Element // in l.evictable, or nil while a request is served; guarded by l.mu
+	once    sync.Once
 }
 
 func newConnLimiter(inner net.Listener, max int, m *metrics) *connLimiter {
-	return &connLimiter{Listener: inner, max: max, metrics: m, conns: map[*limitedConn]struct{}{}}
+	return &connLimiter{Listener: inner, max: max, metrics: m}
+}
+
+// attach makes srv report to l: which connections are idle, and, through
+// each request's context, which one a request is being served on.
+func (l *connLimiter) attach(srv *http.Server) {
+	srv.ConnState = l.track
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if lc, ok := c.(*limitedConn); ok {
+			return context.WithValue(ctx, limitedConnKey{}, lc)
+		}
+		return ctx
+	}
+}
+
+type limitedConnKey struct{}
+
+// markServing records that a request's headers are complete on the
+// connection of ctx: until it is idle again, it is not closed to make room.
+func markServing(ctx context.Context) {
+	lc, ok := ctx.Value(limitedConnKey{}).(*limitedConn)
+	if !ok {
+		return
+	}
+	lc.l.mu.Lock()
+	lc.l.setWaiting(lc, false)
+	lc.l.mu.Unlock()
 }
 
 // Accept returns the next connection that fits under the cap.
@@ -46,45 +81,51 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		}
 		l.mu.Lock()
 		var victim *limitedConn
-		if len(l.conns) >= l.max {
-			victim = l.longestIdle()
-			if victim == nil {
+		if l.open >= l.max {
+			front := l.evictable.Front()
+			if front == nil {
 				l.mu.Unlock()
 				c.Close()
 				l.metrics.connectionRefused()
 				continue
 			}
+			victim = front.Value.(*limitedConn)
 			l.forget(victim)
 		}
-		lc := &limitedConn{Conn: c, l: l}
-		l.conns[lc] = struct{}{}
-		l.metrics.connectionsOpen(len(l.conns))
+		lc := &limitedConn{Conn: c, l: l, counted: true}
+		l.open++
+		l.setWaiting(lc, true)
+		l.metrics.connectionsOpen(l.open)
 		l.mu.Unlock()
 		if victim != nil {
-			victim.Conn.Close() // the server sees its idle connection end
+			victim.Conn.Close() // the server sees its connection end
 			l.metrics.idleConnectionClosed()
 		}
 		return lc, nil
 	}
 }
 
-// longestIdle returns the connection idle longest, or nil. l.mu must be held.
-func (l *connLimiter) longestIdle() *limitedConn {
-	var oldest *limitedConn
-	for c := range l.conns {
-		if !c.idleSince.IsZero() && (oldest == nil || c.idleSince.Before(oldest.idleSince)) {
-			oldest = c
-		}
+// setWaiting puts c at the back of the evictable list, or takes it out.
+// l.mu must be held.
+func (l *connLimiter) setWaiting(c *limitedConn, waiting bool) {
+	switch {
+	case waiting && c.waiting == nil && c.counted:
+		c.waiting = l.evictable.PushBack(c)
+	case !waiting && c.waiting != nil:
+		l.evictable.Remove(c.waiting)
+		c.waiting = nil
 	}
-	return oldest
 }
 
 // forget stops counting c. l.mu must be held.
 func (l *connLimiter) forget(c *limitedConn) {
-	if _, ok := l.conns[c]; ok {
-		delete(l.conns, c)
-		l.metrics.connectionsOpen(len(l.conns))
+	if !c.counted {
+		return
 	}
+	l.setWaiting(c, false)
+	c.counted = false
+	l.open--
+	l.metrics.connectionsOpen(l.open)
 }
 
 // track is the server's ConnState hook.
@@ -97,19 +138,11 @@ func (l *connLimiter) track(c net.Conn, state http.ConnState) {
 	defer l.mu.Unlock()
 	switch state {
 	case http.StateIdle:
-		lc.idleSince = time.Now()
-	case http.StateActive:
-		lc.idleSince = time.Time{}
+		l.setWaiting(lc, false) // to the back: it has waited no time yet
+		l.setWaiting(lc, true)
 	case http.StateHijacked: // no longer the server's; closing is counted by Close
 		l.forget(lc)
 	}
-}
-
-// Open returns how many connections are open.
-func (l *connLimiter) Open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
 }
 
 func (c *limitedConn) Close() error {

@@ -149,3 +149,38 @@ func TestFitToFileLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionCapClosesUnfinishedHeaders: a client holds the whole cap of
+// 10 with connections that never finish their headers, and opens two more
+// before each honest request; each new connection takes the place of the
+// oldest unfinished one, and every honest request is answered.
+func TestConnectionCapClosesUnfinishedHeaders(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, quietMock(), nil)
+		l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener { return newConnLimiter(inner, 10, g.metrics) })
+		stall := func() {
+			c := l.dial()
+			t.Cleanup(func() { c.Close() })
+			go io.WriteString(c, "GET /health HTTP/1.1\r\nHo") // and never the rest
+			synctest.Wait()
+		}
+		for range 10 {
+			stall()
+		}
+		answered := 0
+		for range 20 {
+			stall()
+			stall()
+			c := l.dial()
+			k := &keepAlive{c, bufio.NewReader(c)}
+			if k.get("/health") == 200 {
+				answered++
+			}
+			c.Close()
+			synctest.Wait()
+		}
+		if answered != 20 {
+			t.Errorf("%d of 20 honest requests answered with the cap held by unfinished headers; want 20", answered)
+		}
+	})
+}

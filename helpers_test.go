@@ -226,7 +226,7 @@ func servePipes(t *testing.T, cfg config, handler http.Handler, wrap func(net.Li
 	}
 	srv := newHTTPServer(cfg, handler, slog.New(slog.DiscardHandler))
 	if cl, ok := l.(*connLimiter); ok {
-		srv.ConnState = cl.track
+		cl.attach(srv)
 	}
 	done := make(chan struct{})
 	go func() {

@@ -118,7 +118,7 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 	srv := newHTTPServer(cfg, newServer(logger, cfg, s), logger)
 	capConns := func(ln net.Listener) net.Listener {
 		l := newConnLimiter(ln, cfg.MaxConnections, s.metrics)
-		srv.ConnState = l.track
+		l.attach(srv)
 		return l
 	}
 

@@ -27,6 +27,15 @@ func chain(h http.Handler, mws ...middleware) http.Handler {
 	return h
 }
 
+// withServingMark tells the connection cap that this request's headers are
+// complete: its connection is no longer one to close to make room.
+func withServingMark(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		markServing(r.Context())
+		next.ServeHTTP(w, r)
+	})
+}
+
 // withSecurityHeaders marks every answer as not to be sniffed or stored.
 func withSecurityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

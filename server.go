@@ -114,6 +114,7 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 	}
 	mux.Handle("/", handleNoRoute(mux))
 	return chain(mux, // outermost first
+		withServingMark,
 		withSecurityHeaders,
 		withRequestID(logger),
 		withDeadline(cfg.RequestTimeout),
