@@ -167,3 +167,35 @@ func BenchmarkParseAddEvent(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCraftedRequests: the gateway's own cost (headers already parsed)
+// of the costliest requests a client can craft within the header limit (a
+// wrong method, and an unmatched path, each with 5,000 one-byte headers,
+// about 30 KB) against an ordinary GET /health.
+//
+//	go test -run '^$' -bench CraftedRequests -benchmem -count 6 .
+func BenchmarkCraftedRequests(b *testing.B) {
+	g := newTestGateway(b, quietMock(), nil)
+	manyHeaders := func(method, path string) *http.Request {
+		r := httptest.NewRequest(method, path, nil)
+		for i := range 5000 {
+			r.Header[fmt.Sprint("H", i)] = []string{"x"}
+		}
+		return r
+	}
+	for _, c := range []struct {
+		name string
+		req  *http.Request
+	}{
+		{"health", httptest.NewRequest("GET", "/health", nil)},
+		{"wrong-method-5000-headers", manyHeaders("DELETE", "/getUsers")},
+		{"no-route-5000-headers", manyHeaders("GET", "/nothing/here")},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				g.handler.ServeHTTP(httptest.NewRecorder(), c.req)
+			}
+		})
+	}
+}

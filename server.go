@@ -109,10 +109,11 @@ func routes(cfg config, s services) []route {
 // every request passes through.
 func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 	mux := http.NewServeMux()
-	for _, r := range routes(cfg, s) {
+	rs := routes(cfg, s)
+	for _, r := range rs {
 		mux.Handle(r.pattern, r.handler)
 	}
-	mux.Handle("/", handleNoRoute(mux))
+	mux.Handle("/", handleNoRoute(rs))
 	return chain(mux, // outermost first
 		withServingMark,
 		withSecurityHeaders,
@@ -125,32 +126,39 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 	)
 }
 
-// probeMethods are the methods tried to tell a 405 from a 404.
-var probeMethods = []string{
-	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
-	http.MethodPatch, http.MethodDelete, http.MethodOptions,
-}
-
 // handleNoRoute answers what no route matched. Because "/" matches every
 // method, ServeMux routes a wrong method here instead of writing its own
-// plain-text 405; so this asks mux which methods the path has and answers
-// 405 with Allow, or 404, in JSON either way.
-func handleNoRoute(mux *http.ServeMux) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var allow []string
-		for _, m := range probeMethods {
-			probe := r.Clone(r.Context())
-			probe.Method = m
-			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
-				allow = append(allow, m)
-			}
+// plain-text 405; so this answers 405 with Allow if the path is one of the
+// routes', or 404, in JSON either way. The methods of each path are worked
+// out once, from rs: answering costs one lookup, whatever the request holds.
+func handleNoRoute(rs []route) http.Handler {
+	type methods []string
+	paths := http.NewServeMux() // each path, any method → the methods it has
+	allowed := map[string]methods{}
+	var order []string
+	for _, r := range rs {
+		method, path, _ := strings.Cut(r.pattern, " ")
+		if _, seen := allowed[path]; !seen {
+			order = append(order, path)
 		}
-		if len(allow) == 0 {
-			writeError(w, r, errorf(http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path))
+		allowed[path] = append(allowed[path], method)
+		if method == http.MethodGet {
+			allowed[path] = append(allowed[path], http.MethodHead)
+		}
+	}
+	for _, path := range order {
+		allow := allowed[path]
+		paths.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
+				r.Method, r.URL.Path, strings.Join(allow, " or ")))
+		}))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := paths.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
 			return
 		}
-		w.Header().Set("Allow", strings.Join(allow, ", "))
-		writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
-			r.Method, r.URL.Path, strings.Join(allow, " or ")))
+		writeError(w, r, errorf(http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
 }
