@@ -266,16 +266,38 @@ func (p *envParser) level(name string) slog.Level {
 	return l
 }
 
+// url reads an absolute http or https base URL, without a query or a
+// fragment (there is nowhere to put them when a path is appended).
 func (p *envParser) url(name string) string {
 	v := p.get(name)
 	if v == "" {
 		return ""
 	}
 	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		p.fail(name, v, "want an http or https URL like http://events.internal:8080")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(v, "#"):
+		p.fail(name, v, "want a base URL without a query (?…) or a fragment (#…): eventgate appends the paths of the calls")
 	}
 	return v
+}
+
+// redacted returns a URL for logs and errors with every part that can hold
+// a credential removed: the user information and the query.
+func redacted(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User != nil {
+		u.User = url.User("REDACTED")
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		u.RawQuery, u.ForceQuery = "REDACTED", false
+	}
+	u.Fragment, u.RawFragment = "", ""
+	return u.String()
 }
 
 // readDotEnv reads KEY=VALUE lines from path. A missing file is no error;

@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -124,6 +123,9 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	attrs := []any{"upstream", redacted(upstreamURL), "embedded_mock", cfg.UpstreamURL == "", "max_connections", cfg.MaxConnections,
 		"memory_budget", formatBytes(cfg.MemoryBudget), "go_memory_limit", limit}
+	if proxy := upstreamProxy(upstreamURL); proxy != "" {
+		attrs = append(attrs, "upstream_proxy", proxy+" (from HTTPS_PROXY or HTTP_PROXY; NO_PROXY exempts hosts)")
+	}
 	if cfg.APIToken == "" {
 		attrs = append(attrs, "writes", "open: API_TOKEN is not set")
 	} else {
@@ -135,6 +137,20 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 		attrs = append(attrs, "idempotency_keys", "shared by every instance with this IDEMPOTENCY_SECRET")
 	}
 	return serve(ctx, srv, cfg, logger, "eventgate listening", s.ready, capConns, attrs...)
+}
+
+// upstreamProxy returns the proxy, if any, that the environment makes calls
+// to upstreamURL go through, redacted for the log; "" for none.
+func upstreamProxy(upstreamURL string) string {
+	req, err := http.NewRequest(http.MethodGet, upstreamURL, nil)
+	if err != nil {
+		return ""
+	}
+	proxy, err := http.ProxyFromEnvironment(req)
+	if err != nil || proxy == nil {
+		return ""
+	}
+	return redacted(proxy.String())
 }
 
 // memoryLimitBaseline is what the process holds besides the memory budget
@@ -164,9 +180,11 @@ func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server
 		ReadHeaderTimeout: 5 * time.Second,
 		// The largest body is 64 KiB; ten seconds is generous for it.
 		ReadTimeout: 10 * time.Second,
-		// Longer than the slowest legitimate answer, which the request
-		// deadline bounds, so a slow answer is cut by our 504, not a reset.
-		WriteTimeout: cfg.RequestTimeout + 5*time.Second,
+		// No deadline for the whole answer: a large answer to a client that
+		// keeps reading, however slowly, is written whole. A client that
+		// stops reading is cut by withWriteDeadline, which gives each write
+		// writeStallTimeout; the request deadline bounds the rest.
+		WriteTimeout: 0,
 		IdleTimeout:  2 * time.Minute,
 		// "OPTIONS *" reaches the middleware, which answers it in JSON.
 		DisableGeneralOptionsHandler: true,
@@ -275,15 +293,6 @@ func fileLimit() uint64 {
 		return 0
 	}
 	return rl.Cur
-}
-
-// redacted returns a URL for logs: its password, if any, replaced.
-func redacted(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }
 
 func newLogger(w io.Writer, cfg config) *slog.Logger {

@@ -379,21 +379,25 @@ func TestJSONLogsCarryRequestIDsAndNoSecrets(t *testing.T) {
 	}
 }
 
-// TestUpstreamPasswordNeverLogged starts eventgate with credentials in
-// UPSTREAM_URL, and refuses a bad one: the password is in neither the
-// start-up log nor the error.
-func TestUpstreamPasswordNeverLogged(t *testing.T) {
+// TestUpstreamCredentialsNeverLogged starts eventgate with a user, a
+// password or a query in UPSTREAM_URL: it refuses a query; with the
+// user information alone it starts, and neither the user nor the password
+// is in the start-up log; a bad URL's error names the variable, without
+// either, and the query's token never shows.
+func TestUpstreamCredentialsNeverLogged(t *testing.T) {
 	checkGoroutines(t)
-	logs, stop, errc, _ := startRun(t, map[string]string{"UPSTREAM_URL": "http://gate:s3cret-pass@127.0.0.1:9"})
+	logs, stop, errc, _ := startRun(t, map[string]string{"UPSTREAM_URL": "http://alice:s3cret-pass@127.0.0.1:9"})
 	stop()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if text := logs.String(); strings.Contains(text, "s3cret") || !strings.Contains(text, "gate:xxxxx@127.0.0.1:9") {
-		t.Errorf("start-up log shows the password, or not the redacted URL:\n%s", text)
+	if text := logs.String(); strings.Contains(text, "s3cret") || strings.Contains(text, "alice") || !strings.Contains(text, "REDACTED@127.0.0.1:9") {
+		t.Errorf("start-up log shows the user information, or not the redacted URL:\n%s", text)
 	}
-	err := run(t.Context(), []string{"eventgate", "-env-file="}, envOf(map[string]string{"UPSTREAM_URL": "ftp://gate:s3cret-pass@x"}), io.Discard, io.Discard)
-	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "UPSTREAM_URL") {
-		t.Errorf("a bad UPSTREAM_URL gave %v; want an error naming the variable, without the password", err)
+	for _, bad := range []string{"ftp://gate:s3cret-pass@x", "http://x/api?token=s3cret", "http://x/api#s3cret", "http://x/api?"} {
+		err := run(t.Context(), []string{"eventgate", "-env-file="}, envOf(map[string]string{"UPSTREAM_URL": bad}), io.Discard, io.Discard)
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "UPSTREAM_URL") {
+			t.Errorf("UPSTREAM_URL=%s gave %v; want an error naming the variable, without the credential", bad, err)
+		}
 	}
 }

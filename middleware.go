@@ -36,6 +36,47 @@ func withServingMark(next http.Handler) http.Handler {
 	})
 }
 
+// writeStallTimeout is how long one write of an answer may wait for the
+// client to read: a client that keeps reading gets the whole answer however
+// large; one that stops reading for this long is cut off.
+const writeStallTimeout = 10 * time.Second
+
+// writeChunk is the most written under one deadline, so that a large answer
+// is written as many writes, each with its own deadline.
+const writeChunk = 64 << 10
+
+// withWriteDeadline gives every write of the answer its own deadline,
+// writeStallTimeout from when it starts, in pieces of at most writeChunk.
+func withWriteDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w)}, r)
+	})
+}
+
+// deadlineWriter is the ResponseWriter of withWriteDeadline.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), writeChunk)
+		d.rc.SetWriteDeadline(time.Now().Add(writeStallTimeout))
+		m, err := d.ResponseWriter.Write(p[:n])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+
 // withSecurityHeaders marks every answer as not to be sniffed or stored.
 func withSecurityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 )
 
 func TestAPITokenProtectsWritesOnly(t *testing.T) {
@@ -76,6 +77,58 @@ func TestStarTargetsAreAnsweredInJSON(t *testing.T) {
 			if resp.StatusCode != tt.want || resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("X-Request-ID") == "" || !strings.Contains(string(body), tt.body) {
 				t.Errorf("%s * = %d %q, headers %v; want %d, JSON with %s and an X-Request-ID", tt.method, resp.StatusCode, body, resp.Header, tt.want, tt.body)
 			}
+		}
+	})
+}
+
+// TestSlowReadersGetTheWholeAnswer: a 2 MiB list to a client that reads 64
+// KiB every 5 s (160 s in all, far past any whole-answer timeout) arrives
+// whole; a client that stops reading is cut off writeStallTimeout after
+// its last read.
+func TestSlowReadersGetTheWholeAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		list := "[" + strings.Repeat(`"x",`, 512<<10-1) + `"x"]`
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, list)
+		}), func(c *config) { c.RequestTimeout = 20 * time.Second })
+		l := servePipes(t, g.cfg, g.handler, nil)
+		ask := func() (*bufio.Reader, func()) {
+			c := l.dial()
+			io.WriteString(c, "GET /getEvents HTTP/1.1\r\nHost: x\r\n\r\n")
+			return bufio.NewReaderSize(c, 64<<10), func() { c.Close() }
+		}
+
+		slow, done := ask()
+		defer done()
+		resp, err := http.ReadResponse(slow, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := io.ReadFull(resp.Body, buf)
+			got += n
+			if err != nil {
+				break
+			}
+			time.Sleep(5 * time.Second)
+		}
+		if got != len(list)+1 {
+			t.Errorf("a client reading 64 KiB every 5 s got %d bytes; want the whole answer, %d", got, len(list)+1)
+		}
+
+		stopped, done2 := ask()
+		defer done2()
+		resp, err = http.ReadResponse(stopped, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadFull(resp.Body, buf) // one piece, then nothing
+		time.Sleep(time.Minute)
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err == nil || int(n)+len(buf) >= len(list) {
+			t.Errorf("a client that stopped reading got %d more bytes, %v; want the answer cut off", n, err)
 		}
 	})
 }

@@ -116,6 +116,7 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 	mux.Handle("/", handleNoRoute(rs))
 	return chain(mux, // outermost first
 		withServingMark,
+		withWriteDeadline,
 		withSecurityHeaders,
 		withRequestID(logger),
 		withDeadline(cfg.RequestTimeout),
