@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -289,6 +290,75 @@ func TestEventCacheNewcomerDoesNotJoinAnAbandonedLookup(t *testing.T) {
 		<-done
 		if _, err := c.Get(t.Context(), "a"); err != nil {
 			t.Errorf("a caller right after the first left got %v; want its own lookup's event", err)
+		}
+	})
+}
+
+// TestForgetDropsWhatTheCacheKnows: an id the upstream answered 404 is
+// remembered as missing, without a second lookup, until Forget (a write of
+// that id through this instance); then it is looked up again.
+func TestForgetDropsWhatTheCacheKnows(t *testing.T) {
+	var fetches atomic.Int32
+	c := newEventCache(cacheOptions{TTL: time.Minute, Size: 10, MaxRefreshes: 1,
+		Fetch: func(context.Context, string) (event, error) {
+			fetches.Add(1)
+			return event{}, &upstreamError{Op: "getEventById", Kind: failNotFound}
+		}})
+	defer c.Close()
+	for range 3 {
+		if _, err := c.Get(t.Context(), "x"); !isNotFound(err) {
+			t.Fatalf("Get = %v; want not found", err)
+		}
+	}
+	c.Forget("x")
+	c.Get(t.Context(), "x")
+	if n := fetches.Load(); n != 2 {
+		t.Errorf("%d lookups; want 2: once, and once more after Forget", n)
+	}
+}
+
+// TestALookupThatFailsBadlyFailsOnlyItsWaiters: a lookup that panics, or
+// calls runtime.Goexit, is an error for everyone waiting for it, who are
+// all answered; the process goes on, and the next lookup of the id runs.
+func TestALookupThatFailsBadlyFailsOnlyItsWaiters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		release := make(chan struct{})
+		c := newEventCache(cacheOptions{TTL: time.Minute, Size: 10, MaxRefreshes: 1,
+			Fetch: func(_ context.Context, id string) (event, error) {
+				calls.Add(1)
+				<-release
+				switch id {
+				case "panics":
+					panic("on purpose")
+				case "exits":
+					runtime.Goexit()
+				}
+				return event{JSON: json.RawMessage(`{}`)}, nil
+			}})
+		defer c.Close()
+		for _, id := range []string{"panics", "exits"} {
+			errs := make(chan error, 3)
+			for range 3 {
+				go func() {
+					_, err := c.Get(t.Context(), id)
+					errs <- err
+				}()
+			}
+			synctest.Wait()
+			release <- struct{}{}
+			for range 3 {
+				if err := <-errs; err == nil {
+					t.Errorf("a waiter of the lookup that %s got no error", id)
+				}
+			}
+		}
+		close(release)
+		if _, err := c.Get(t.Context(), "panics"); err == nil {
+			t.Error("the next lookup of the id did not run: still answered from the failed one")
+		}
+		if n := calls.Load(); n != 3 {
+			t.Errorf("%d lookups; want 3: one per flight", n)
 		}
 	})
 }

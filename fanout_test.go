@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -389,4 +391,60 @@ func TestWarmLoadDoesNoPerEventWork(t *testing.T) {
 	if allocs := testing.AllocsPerRun(20, func() { l.Load(t.Context(), "u", ids, nil) }); allocs > 20 {
 		t.Errorf("a warm load of 100 events made %v allocations; want at most 20, none per event", allocs)
 	}
+}
+
+// TestMissingEventsAreRememberedAndSummarised: a user listing 1,000 ids the
+// upstream answers 404 and 1,000 events of another user. The first request
+// looks each up once; the next ones within missingTTL make no lookup at
+// all; after it, the missing ones are looked up again. Each request writes
+// one log line about what it left out, whatever the count, and a short one.
+func TestMissingEventsAreRememberedAndSummarised(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		api := newFakeEventAPI(0)
+		for i := range 1000 {
+			api.failing[fmt.Sprint("gone-", i)] = 404
+			api.users["u"] = append(api.users["u"], fmt.Sprint("gone-", i), fmt.Sprint("theirs-", i))
+		}
+		owned := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if id, ok := strings.CutPrefix(r.URL.Path, "/getEventById/theirs-"); ok {
+				api.ServeHTTP(httptest.NewRecorder(), r) // counted
+				fmt.Fprintf(w, `{"id": "theirs-%s", "userId": "other"}`, id)
+				return
+			}
+			api.ServeHTTP(w, r)
+		})
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		cfg := testConfig(t)
+		s := wire(cfg, log, "http://upstream.test", &handlerTransport{h: owned})
+		defer s.Close()
+		h := newServer(log, cfg, s)
+		get := func() int {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/getEventsByUserId/u", nil))
+			return rec.Code
+		}
+		if code := get(); code != 200 {
+			t.Fatalf("= %d; want 200", code)
+		}
+		first, _ := api.lookups()
+		for range 3 {
+			get()
+		}
+		if n, _ := api.lookups(); first != 2000 || n != first {
+			t.Errorf("lookups: %d for the first request, %d after three more; want 2000, then none", first, n)
+		}
+		lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+		if len(lines) != 4 || len(logs.String()) > 4*1024 {
+			t.Errorf("%d log lines, %d bytes, for four requests; want one short line each:\n%.2000s", len(lines), logs.Len(), logs.String())
+		}
+		if !strings.Contains(lines[0], "missing_upstream=1000") || !strings.Contains(lines[0], "of_another_user=1000") {
+			t.Errorf("the line does not count what was left out: %s", lines[0])
+		}
+		time.Sleep(missingTTL + time.Second)
+		get()
+		if n, _ := api.lookups(); n != 3000 {
+			t.Errorf("lookups after missingTTL: %d; want 1000 more, the missing ones again", n-first)
+		}
+	})
 }

@@ -288,6 +288,18 @@ func redirectAttacks(stray string) []upstreamAttack {
 	}
 }
 
+// manyMembers answers the event asked for, of user 1, as an object of n
+// members.
+func manyMembers(n int) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"id": %q, "userId": "1"`, r.PathValue("id"))
+		for i := range n - 2 {
+			fmt.Fprintf(w, `, "m%d": %d`, i, i)
+		}
+		io.WriteString(w, "}")
+	}
+}
+
 // shapeAttacks answer with JSON of the wrong shape, or another user's event.
 func shapeAttacks() []upstreamAttack {
 	return []upstreamAttack{
@@ -303,6 +315,10 @@ func shapeAttacks() []upstreamAttack {
 			path: "/getEventsByUserId/1", want: 502, message: "not an object with an array of event ids"},
 		{name: "user without events", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": answer(200, `{"id": "1"}`)},
 			path: "/getEventsByUserId/1", want: 200, check: eventsAre("")},
+		{name: "event of 65 members", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": manyMembers(65)},
+			path: "/getEventsByUserId/1", want: 502, message: "not a JSON object"},
+		{name: "event of 64 members", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": manyMembers(64)},
+			path: "/getEventsByUserId/1", want: 200},
 		{name: "event is null", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `null`)},
 			path: "/getEventsByUserId/1", want: 502, message: "not a JSON object"},
 		{name: "event is another event", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `{"id": "event-2", "userId": "1"}`)},
@@ -635,4 +651,24 @@ func TestAWriteThatWaitedTooLongIsNotSent(t *testing.T) {
 			t.Errorf("the key of a write never sent, with another body = %d %q; want 200: no trace kept", rec.Code, rec.Body)
 		}
 	})
+}
+
+// TestAnEventKeepsNoLargerBuffer: an event padded with 240 KB of
+// whitespace, declared or chunked, is kept as a buffer of its own size, so
+// the cache holds what it counts and not the buffer it was read into.
+func TestAnEventKeepsNoLargerBuffer(t *testing.T) {
+	pad := strings.Repeat(" ", 120_000)
+	for _, chunked := range []bool{false, true} {
+		up := newUpstream(upstreamOptions{BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1,
+			Transport: &handlerTransport{h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if chunked {
+					w.(http.Flusher).Flush()
+				}
+				io.WriteString(w, pad+`{"id": "e", "userId": "1"}`+pad)
+			})}})
+		ev, err := up.Event(t.Context(), "e")
+		if err != nil || string(ev.JSON) != `{"id": "e", "userId": "1"}` || cap(ev.JSON) > 2*len(ev.JSON) {
+			t.Errorf("chunked %v: event %.40q of capacity %d, %v; want the object alone in a buffer about its length", chunked, ev.JSON, cap(ev.JSON), err)
+		}
+	}
 }

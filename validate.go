@@ -173,8 +173,11 @@ func isDigits(b []byte) bool {
 }
 
 // checkText returns what is wrong with s, or "": its length in characters
-// must be within [min, max], and it may hold no control characters but, where
-// multiline is set, newlines and tabs.
+// must be within [min, max]; it may hold no control characters but, where
+// multiline is set, newlines and tabs, and no bidirectional controls (which
+// make text display in another order than it is stored); and, if it is
+// required (min > 0), at least one visible character: a name of only
+// zero-width or space characters shows as nothing.
 func checkText(s string, min, max int, multiline bool) string {
 	n := utf8.RuneCountInString(s)
 	switch {
@@ -183,10 +186,18 @@ func checkText(s string, min, max int, multiline bool) string {
 	case n > max:
 		return fmt.Sprintf("must be at most %d characters", max)
 	}
+	visible := false
 	for _, c := range s {
-		if unicode.IsControl(c) && !(multiline && (c == '\n' || c == '\t' || c == '\r')) {
+		switch {
+		case unicode.IsControl(c) && !(multiline && (c == '\n' || c == '\t' || c == '\r')):
 			return "must not contain control characters"
+		case unicode.Is(unicode.Bidi_Control, c):
+			return "must not contain bidirectional control characters"
 		}
+		visible = visible || unicode.IsGraphic(c) && !unicode.IsSpace(c)
+	}
+	if min > 0 && !visible {
+		return "must contain a visible character"
 	}
 	return ""
 }

@@ -121,6 +121,11 @@ var hostileRequests = []struct {
 	want        int
 }{
 	{"malformed JSON", "POST", "/addEvent", "application/json", `{"name":`, nil2, 400},
+	{"name of a zero-width space", "POST", "/addEvent", "application/json", `{"name": "\u200b", "userId": "1"}`, nil2, 400},
+	{"name of a byte-order mark", "POST", "/addEvent", "application/json", `{"name": "\ufeff\ufeff", "userId": "1"}`, nil2, 400},
+	{"name with a bidi override", "POST", "/addEvent", "application/json", `{"name": "invoice\u202egpj.exe", "userId": "1"}`, nil2, 400},
+	{"details with a bidi isolate", "POST", "/addEvent", "application/json", `{"name": "ok", "userId": "1", "details": "a\u2066b"}`, nil2, 400},
+	{"name of spaces and marks only", "POST", "/addEvent", "application/json", `{"name": "\u3000\u200d", "userId": "1"}`, nil2, 400},
 	{"truncated JSON", "POST", "/addEvent", "application/json", `{"name": "a", "userId": "1"`, nil2, 400},
 	{"deeply nested value", "POST", "/addEvent", "application/json", `{"name": ` + nested + `}`, nil2, 400},
 	{"deeply nested body", "POST", "/addEvent", "application/json", nested, nil2, 400},
