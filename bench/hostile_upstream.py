@@ -5,22 +5,37 @@ the gateway's memory is measured alone.
 
     python3 bench/hostile_upstream.py PORT MODE
 
-MODE is one of:
+GET /__stats answers what it received: requests by kind and connections
+accepted. MODE is one of:
   dup-ids       user 1 lists the event "e" 1,000,000 times; "e" is 8 MB (under 8 MiB)
   large-events  user 1 lists 500 events of 1 MB each
   near-cap      user 1 lists 500 events of 200 KiB each (under the event cap)
   under-cap     user 1 lists 150 events of 200 KiB each (30 MiB: under the answer cap)
   large-headers user 1 lists 100 events, each answered with 9 MB of headers
   many-ids      user 1 lists 500,000 distinct events
+  padded        users u0..u3 list 1,000 events each, each padded with 250 KB of spaces
+  foreign       user 1 lists 4,000 events of 60 KB, each of user 2
+  many-keys     user 1 lists 1,000 events of 230 KB with 22,000 keys each
+  stall         user 1 lists 2,500 events that declare 200 KB and stall one byte short
+  big-answers   users u0..u19 list 150 events of 200 KiB each (30 MiB answers)
+  slow-lookups  users a and b list 2,500 events each, c one; each lookup takes 1.5 s
+  missing       user 1 lists 10,000 events, each answered 404
+  slow-events   user 1 lists 2,500 events; each lookup takes 500 ms
+  drop-users    GET /getUsers drops the connection; GET /getEvents waits 200 ms, answers []
+  big-list      GET /getEvents answers a list of 8,000,000 bytes
+  writes        POST /addEvent stores events (an id once) and confirms; POST /__fail
+                toggles answering every write 500; GET /__event/ID shows what is stored
 """
 import http.server
 import json
 import sys
+import threading
+import time
 
 MB = 1 << 20
 
 
-def user_events(mode):
+def user_events(mode, user):
     if mode == "dup-ids":
         return ["e"] * 1_000_000
     if mode in ("large-events", "near-cap"):
@@ -31,7 +46,21 @@ def user_events(mode):
         return [f"e{i}" for i in range(100)]
     if mode == "many-ids":
         return [f"e{i}" for i in range(500_000)]
-    raise SystemExit(f"unknown mode {mode}")
+    if mode == "padded":
+        return [f"{user}-e{i}" for i in range(1000)]
+    if mode == "foreign":
+        return [f"e{i}" for i in range(4000)]
+    if mode == "many-keys":
+        return [f"e{i}" for i in range(1000)]
+    if mode in ("stall", "slow-events"):
+        return [f"e{i}" for i in range(2500)]
+    if mode == "big-answers":
+        return [f"{user}-e{i}" for i in range(150)]
+    if mode == "slow-lookups":
+        return [f"{user}-e{i}" for i in range(1 if user == "c" else 2500)]
+    if mode == "missing":
+        return [f"gone{i}" for i in range(10_000)]
+    return ["e0"]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -40,9 +69,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def send(self, body, headers=()):
+    def setup(self):
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def count(self, kind):
+        with self.server.lock:
+            self.server.requests[kind] = self.server.requests.get(kind, 0) + 1
+
+    def send(self, body, headers=(), status=200):
         try:
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             for k, v in headers:
@@ -52,22 +90,92 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the gateway gave up reading, as it should
 
-    def do_GET(self):
+    def event(self, eid):
         mode = self.server.mode
-        if self.path.startswith("/getUserById/"):
-            self.send(self.server.user)
-        elif self.path.startswith("/getEventById/"):
-            eid = self.path.rsplit("/", 1)[1]
-            size = {"dup-ids": 8_000_000, "large-events": MB, "near-cap": 200 << 10, "under-cap": 200 << 10}.get(mode, 100)
-            body = json.dumps({"id": eid, "userId": "1", "details": "x" * size}).encode()
+        owner = eid.split("-")[0] if "-" in eid else "1"
+        if mode == "padded":
+            pad = b" " * 250_000
+            return pad + json.dumps({"id": eid, "userId": owner}).encode() + pad
+        if mode == "foreign":
+            return json.dumps({"id": eid, "userId": "2", "details": "x" * 60_000}).encode()
+        if mode == "many-keys":
+            members = {"id": eid, "userId": "1"}
+            members.update({f"k{i}": 1 for i in range(22_000)})
+            return json.dumps(members).encode()
+        size = {"dup-ids": 8_000_000, "large-events": MB, "near-cap": 200 << 10, "under-cap": 200 << 10,
+                "big-answers": 200 << 10}.get(mode, 100)
+        return json.dumps({"id": eid, "userId": owner, "details": "x" * size}).encode()
+
+    def do_GET(self):
+        mode, path = self.server.mode, self.path
+        if path == "/__stats":
+            with self.server.lock:
+                stats = {"connections": self.server.connections, "requests": dict(self.server.requests)}
+            return self.send(json.dumps(stats).encode())
+        if path.startswith("/__event/"):
+            ev = self.server.stored.get(path.rsplit("/", 1)[1])
+            return self.send(json.dumps(ev).encode(), status=200 if ev else 404)
+        if path.startswith("/getUserById/"):
+            self.count("user")
+            user = path.rsplit("/", 1)[1]
+            return self.send(json.dumps({"id": user, "events": user_events(mode, user)}).encode())
+        if path.startswith("/getEventById/"):
+            self.count("event")
+            eid = path.rsplit("/", 1)[1]
+            if mode == "missing":
+                return self.send(b"{}", status=404)
+            if mode == "slow-lookups":
+                time.sleep(1.5)
+            if mode == "slow-events":
+                time.sleep(0.5)
+            if mode == "stall":
+                return self.stall(200_000)
             headers = [("X-Junk", "j" * (9 * MB))] if mode == "large-headers" else []
-            self.send(body, headers)
-        else:
-            self.send(b"[]")
+            return self.send(self.event(eid), headers)
+        if path == "/getUsers":
+            self.count("users")
+            if mode == "drop-users":
+                self.close_connection = True
+                self.connection.close()
+                return
+            return self.send(b"[]")
+        if path == "/getEvents":
+            self.count("events")
+            if mode == "drop-users":
+                time.sleep(0.2)
+            if mode == "big-list":
+                return self.send(b"[" + b'"x",' * 1_999_998 + b'"x"]')
+            return self.send(b"[]")
+        self.send(b"[]")
+
+    def stall(self, size):
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(b" " * (size - 1))
+            self.wfile.flush()
+            time.sleep(30)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def do_POST(self):
+        if self.path == "/__fail":
+            self.server.failing = not self.server.failing
+            return self.send(b"{}")
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.count("write")
+        if self.server.failing:
+            return self.send(b"{}", status=500)
+        ev = json.loads(body)
+        self.server.stored.setdefault(ev["id"], ev)
+        self.send(json.dumps({"success": True, "id": ev["id"]}).encode())
 
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 4096
 
     def handle_error(self, request, client_address):
         pass  # resets by the gateway are the expected end of most attacks
@@ -77,7 +185,8 @@ def main():
     port, mode = int(sys.argv[1]), sys.argv[2]
     server = Server(("127.0.0.1", port), Handler)
     server.mode = mode
-    server.user = json.dumps({"id": "1", "events": user_events(mode)}).encode()
+    server.lock = threading.Lock()
+    server.connections, server.requests, server.stored, server.failing = 0, {}, {}, False
     server.serve_forever()
 
 
