@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The process's memory budget for requests in flight, MEMORY_BUDGET. Two
@@ -125,17 +126,30 @@ func (p *memoryPool) inUse() int64 {
 // given back all at once by close, when its answer has been written. It is
 // safe for concurrent use; a nil *memoryAccount reserves nothing.
 type memoryAccount struct {
-	pool *memoryPool
-	mu   sync.Mutex
-	held int64
+	pool  *memoryPool
+	leave time.Duration // waits end this long before the request's deadline
+	mu    sync.Mutex
+	held  int64
 }
 
-func (p *memoryPool) account() *memoryAccount { return &memoryAccount{pool: p} }
+// account returns a new account for one request, whose waits for memory end
+// leave before the request's deadline: memory granted later would leave too
+// little time to use it (leave is UPSTREAM_TIMEOUT: the time one call may
+// take), and the request is better answered at once as the gateway's own
+// overload than late as a timeout.
+func (p *memoryPool) account(leave time.Duration) *memoryAccount {
+	return &memoryAccount{pool: p, leave: leave}
+}
 
 // reserve adds n bytes to the account, waiting under ctx for them.
 func (a *memoryAccount) reserve(ctx context.Context, n int64) error {
 	if a == nil {
 		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && a.leave > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-a.leave))
+		defer cancel()
 	}
 	got, err := a.pool.acquire(ctx, n)
 	a.mu.Lock()

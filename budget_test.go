@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -95,7 +96,7 @@ func TestMemoryPoolRefusesWhenTimeRunsOut(t *testing.T) {
 // reservation larger than the pool takes the whole pool, not forever.
 func TestMemoryAccountGivesBackWhatItHolds(t *testing.T) {
 	p := newMemoryPool(100)
-	a := p.account()
+	a := p.account(0)
 	a.reserve(t.Context(), 60)
 	a.reserve(t.Context(), 30)
 	a.keep(40)
@@ -106,7 +107,7 @@ func TestMemoryAccountGivesBackWhatItHolds(t *testing.T) {
 	if p.inUse() != 0 {
 		t.Errorf("after close: %d in use; want 0", p.inUse())
 	}
-	huge := p.account()
+	huge := p.account(0)
 	if err := huge.reserve(t.Context(), 1000); err != nil || p.inUse() != 100 {
 		t.Errorf("reserve 1000 of 100 = %v, %d in use; want the whole pool", err, p.inUse())
 	}
@@ -207,6 +208,7 @@ func grepLines(s, sub string) string {
 // answer of 900 KB), whose event lookups take a second. It records how many
 // users' lookups it serves at once.
 type largeEvents struct {
+	delay        time.Duration // of each lookup; 0: a second
 	mu           sync.Mutex
 	active       map[string]int // user → lookups in progress
 	peakUsers    int
@@ -228,7 +230,7 @@ func (l *largeEvents) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.active[user]++
 	l.peakUsers = max(l.peakUsers, len(l.active))
 	l.mu.Unlock()
-	time.Sleep(time.Second)
+	time.Sleep(cmp.Or(l.delay, time.Second))
 	l.mu.Lock()
 	if l.active[user]--; l.active[user] == 0 {
 		delete(l.active, user)
@@ -260,6 +262,46 @@ func TestLargeAnswersShareTheMemoryBudget(t *testing.T) {
 		}
 		if up.peakUsers > 2 {
 			t.Errorf("the upstream served %d users' lookups at once; want at most 2, as 3 MiB holds two 1 MiB answers", up.peakUsers)
+		}
+	})
+}
+
+// TestMemoryComesInTimeOrNotAtAll: as above, but each lookup takes 3 s,
+// with UPSTREAM_TIMEOUT 5 s of REQUEST_TIMEOUT 10 s. Two answers fit at
+// once; the first four clients are served by 6 s; the others would get
+// their memory with less than UPSTREAM_TIMEOUT left, so they are answered
+// 503 with Retry-After as soon as that is so, never a late 504.
+func TestMemoryComesInTimeOrNotAtAll(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := &largeEvents{active: map[string]int{}, delay: 3 * time.Second}
+		g := newTestGateway(t, up, func(c *config) {
+			c.MemoryBudget, c.MaxResponseBytes = 4<<20, 1<<20
+			c.UpstreamTimeout, c.RequestTimeout = 5*time.Second, 10*time.Second
+		})
+		var wg sync.WaitGroup
+		codes := make([]int, 10)
+		retry := make([]string, 10)
+		for i := range codes {
+			wg.Go(func() {
+				rec := g.get(fmt.Sprint("/getEventsByUserId/u", i))
+				codes[i], retry[i] = rec.Code, rec.Header().Get("Retry-After")
+			})
+			synctest.Wait() // in order
+		}
+		wg.Wait()
+		answered, busy := 0, 0
+		for i, code := range codes {
+			switch {
+			case code == 200:
+				answered++
+			case code == 503 && retry[i] != "":
+				busy++
+			default:
+				t.Errorf("client %d = %d (Retry-After %q); want 200, or 503 with Retry-After", i, code, retry[i])
+			}
+		}
+		if answered != 4 || busy != 6 {
+			t.Errorf("%d answered, %d busy; want 4 and 6", answered, busy)
 		}
 	})
 }

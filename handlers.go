@@ -16,9 +16,9 @@ import (
 // encoding it again would only cost time. The largest list the upstream may
 // send is reserved in the memory budget before it is asked for, and what
 // the list takes is held until it is written.
-func handleList(fetch func(context.Context) ([]byte, error), memory *memoryPool) http.Handler {
+func handleList(fetch func(context.Context) ([]byte, error), memory *memoryPool, leave time.Duration) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		held := memory.account()
+		held := memory.account(leave)
 		defer held.close()
 		if err := held.reserve(r.Context(), maxListBody); err != nil {
 			return err
@@ -38,7 +38,7 @@ func handleList(fetch func(context.Context) ([]byte, error), memory *memoryPool)
 // another user, are left out.
 func handleEventsByUser(up *upstream, loader *eventLoader, memory *memoryPool) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		held := memory.account()
+		held := memory.account(up.timeout)
 		defer held.close()
 		id := r.PathValue("id")
 		if problem := checkID(id); problem != "" {
@@ -108,7 +108,7 @@ func handleReady(ready *atomic.Bool) http.Handler {
 // id is forgotten by the event cache, which may remember it as missing.
 func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDeriver, loader *eventLoader, memory *memoryPool) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		held := memory.account()
+		held := memory.account(up.timeout)
 		defer held.close()
 		if err := held.reserve(r.Context(), bodyReservation(r, maxAddEventBody)); err != nil {
 			return err

@@ -95,8 +95,8 @@ type route struct {
 // test keeps the two in step.
 func routes(cfg config, s services) []route {
 	return []route{
-		{"GET /getUsers", handleList(s.up.Users, s.answers)},
-		{"GET /getEvents", handleList(s.up.Events, s.answers)},
+		{"GET /getUsers", handleList(s.up.Users, s.answers, cfg.UpstreamTimeout)},
+		{"GET /getEvents", handleList(s.up.Events, s.answers, cfg.UpstreamTimeout)},
 		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader, s.answers)},
 		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids, s.loader, s.answers))},
 		{"GET /health", handleHealth(s.breaker, s.metrics)},

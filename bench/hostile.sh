@@ -37,11 +37,29 @@ watch_rss() {
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$SERVER_PID/stat"; }
 
 upstream_stats() {
+  [ -n "${MOCK_UPSTREAM:-}" ] && { echo "(the mock: not counted)"; return; }
   curl -s "http://127.0.0.1:$UP/__stats" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 c = s["connections"]
 print(" ".join(f"{k}={v}" for k, v in sorted(s["requests"].items())) + f" conns={c}")'
+}
+
+# start_slow_mock: the mock in its own process, each event lookup 1.5 s,
+# users 1 and 2 with 2,500 more events each (user 3 keeps its one).
+start_slow_mock() {
+  MOCK_UPSTREAM=yes
+  env PORT=$UP MOCK_EVENT_DELAY=1500ms MOCK_FAIL_RATE=0 MOCK_ADD_CAPACITY=0 "$WORK/eventgate" -mock -env-file= > "$WORK/mock.log" 2>&1 &
+  UPSTREAM_PID=$!
+  ALL_PIDS+=("$UPSTREAM_PID")
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/getUsers" && break; sleep 0.05; done
+  local cfg="$WORK/add.curl"; : > "$cfg"
+  for user in 1 2; do
+    for i in $(seq 2500); do
+      printf 'url = "http://127.0.0.1:%s/addEvent"\nheader = "Content-Type: application/json"\ndata = "{\\"id\\": \\"u%s-%s\\", \\"name\\": \\"n\\", \\"userId\\": \\"%s\\"}"\noutput = /dev/null\nnext\n' "$UP" "$user" "$i" "$user" >> "$cfg"
+    done
+  done
+  curl --no-progress-meter --parallel --parallel-max 50 -K "$cfg" 2> /dev/null || true
 }
 
 # get_all PATH...: one request for each PATH, all at once; prints the statuses.
@@ -87,7 +105,8 @@ attack() { # NAME: the upstream in mode NAME, unless the attack says otherwise
     lockout) mode=drop-users; env=(MAX_CONNECTIONS=200) ;;
     writes) env=(IDEMPOTENCY_KEYS=100 IDEMPOTENCY_SECRET=0123456789abcdef0123456789abcdef API_TOKEN=token-one) ;;
   esac
-  start_upstream "$mode"
+  MOCK_UPSTREAM=""
+  if [ "$name" = slow-lookups ]; then start_slow_mock; else start_upstream "$mode"; fi
   start_server 3191 UPSTREAM_URL="http://127.0.0.1:$UP" "${env[@]}"
   watch_rss
   start=$(date +%s.%N)
@@ -105,7 +124,7 @@ attack() { # NAME: the upstream in mode NAME, unless the attack says otherwise
     lone-answer)
       statuses=$(get_all /getEventsByUserId/u0) ;;
     slow-lookups)
-      statuses=$(get_all /getEventsByUserId/a /getEventsByUserId/b /getEventsByUserId/c)
+      statuses=$(get_all /getEventsByUserId/1 /getEventsByUserId/2 /getEventsByUserId/3)
       figure="upstream timeouts counted: $(curl -s "$BASE/metrics" | awk '/outcome="timeout"/ && /_count/ { n += $2 } END { print n + 0 }')" ;;
     missing)
       statuses=$(python3 "$BENCH_DIR/hostile_clients.py" loop 3191 /getEventsByUserId/1 3 12)
@@ -117,7 +136,7 @@ attack() { # NAME: the upstream in mode NAME, unless the attack says otherwise
       statuses="10 hung up at 200 ms"
       figure="the next request: $t" ;;
     drop-users)
-      curl -s -o /dev/null --parallel --parallel-max 200 $(for _ in $(seq 200); do printf '%s/getEvents ' "$BASE"; done)
+      curl -s --no-progress-meter --parallel --parallel-max 200 $(for _ in $(seq 200); do printf "%s/getEvents -o /dev/null " "$BASE"; done)
       local before; before=$(upstream_stats)
       statuses=$(get_all /getUsers)
       figure="pool warmed with 200 connections ($before)" ;;
