@@ -101,7 +101,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return json.dumps(members).encode()
         size = {"dup-ids": 8_000_000, "large-events": MB, "near-cap": 200 << 10, "under-cap": 200 << 10,
                 "big-answers": 200 << 10}.get(mode, 100)
-        return json.dumps({"id": eid, "userId": owner, "details": "x" * size}).encode()
+        if size not in self.server.details:
+            self.server.details[size] = b"x" * size
+        return b'{"id": "%s", "userId": "%s", "details": "%s"}' % (eid.encode(), owner.encode(), self.server.details[size])
 
     def do_GET(self):
         mode, path = self.server.mode, self.path
@@ -182,6 +184,7 @@ def main():
     server.mode = mode
     server.lock = threading.Lock()
     server.connections, server.requests, server.stored, server.failing = 0, {}, {}, False
+    server.details = {}  # size → the bytes of a details string, made once
     server.serve_forever()
 
 
