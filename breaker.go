@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -283,19 +284,25 @@ func (b *breaker) open(now time.Time, reason string, minWait time.Duration) {
 	}
 	generation := b.generation
 	b.probe.Go(func() {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-b.quit:
-			return
-		}
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if b.generation == generation {
-			b.transition(stateHalfOpen, time.Now(), "backoff elapsed")
-		}
+		guard(context.Background(), "breaker open period", func() { b.endOpenPeriod(wait, generation) }, nil)
 	})
+}
+
+// endOpenPeriod waits for wait (or Close), then turns the breaker half-open
+// if generation is still the current one.
+func (b *breaker) endOpenPeriod(wait time.Duration, generation uint64) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-b.quit:
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.generation == generation {
+		b.transition(stateHalfOpen, time.Now(), "backoff elapsed")
+	}
 }
 
 // jittered returns d less up to 20%: never above the cap, never far below.
