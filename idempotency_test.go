@@ -461,3 +461,31 @@ func TestNoWriteIsAcknowledgedUnderAnotherBodysID(t *testing.T) {
 		}
 	})
 }
+
+// TestAStoredWriteIsNotRememberedAsMissing: a user lists an id the upstream
+// does not have yet, which the gateway then remembers as missing; a keyed
+// write stored under that very id through this instance makes it appear
+// at once, not after the 10 s a missing event is remembered.
+func TestAStoredWriteIsNotRememberedAsMissing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		secret := []byte(strings.Repeat("s", 32))
+		future := newIDDeriver(secret).forWrite("k", addEventRequest{Name: "Soon", UserID: "2"})
+		m := quietMock()
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/getUserById/2" {
+				fmt.Fprintf(w, `{"id": "2", "events": ["event-2", %q]}`, future)
+				return
+			}
+			m.ServeHTTP(w, r)
+		}), func(c *config) { c.IdempotencySecret = secret })
+		if ids := eventIDs(t, g.get("/getEventsByUserId/2")); len(ids) != 1 {
+			t.Fatalf("before the write: %v; want event-2 alone", ids)
+		}
+		if rec := g.post("/addEvent", `{"name": "Soon", "userId": "2"}`, "Idempotency-Key", "k"); addedID(rec.Body.String()) != future {
+			t.Fatalf("write = %d %q; want 200 with %s", rec.Code, rec.Body, future)
+		}
+		if ids := eventIDs(t, g.get("/getEventsByUserId/2")); len(ids) != 2 {
+			t.Errorf("right after the write: %v; want event-2 and %s", ids, future)
+		}
+	})
+}
