@@ -66,7 +66,7 @@ type breakerSettings struct {
 	Logger *slog.Logger
 	// OnChange, if not nil, is called on every state change, with the
 	// breaker's lock held: it must be quick and must not call the breaker.
-	OnChange func(from, to breakerState)
+	OnChange func(from, to string)
 }
 
 // breaker is a circuit breaker. Execute is its only way in.
@@ -324,6 +324,6 @@ func (b *breaker) transition(to breakerState, now time.Time, reason string) {
 	}
 	b.s.Logger.Info("breaker state changed", attrs...)
 	if b.s.OnChange != nil {
-		b.s.OnChange(from, to)
+		b.s.OnChange(from.String(), to.String())
 	}
 }

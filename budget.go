@@ -27,6 +27,11 @@ import (
 // always be granted once the pool is empty. Waiters are served first come,
 // first served, so that a large request is not starved by small ones.
 
+// entryOverhead is what one entry of a bounded store (the event cache, the
+// key memory) costs besides its bytes: the list element, the map slot and
+// the entry itself, rounded up.
+const entryOverhead = 256
+
 // errMemoryBusy is the cause of a wait for memory that ran out of time.
 var errMemoryBusy = errors.New("the memory budget for requests in flight is in use")
 

@@ -57,9 +57,6 @@ type cacheEntry struct {
 // that an event stored through another instance shows up soon.
 const missingTTL = 10 * time.Second
 
-// entryOverhead is what one entry costs besides its id and JSON: the list
-// element, the map slot and the entry itself, rounded up.
-const entryOverhead = 256
 
 // cost counts the JSON's capacity, not its length: the whole buffer is held.
 func (e *cacheEntry) cost() int64 {

@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"math"
-	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -165,70 +163,59 @@ func (l *latencies) percentile(q float64, now time.Time) (time.Duration, int) {
 	return bucketBound(bucketCount - 1), n
 }
 
-// hedgeOutcome is what the hedge of a call came to.
-type hedgeOutcome struct {
-	body    []byte
+// hedgeOutcome is what the second call of runHedged came to.
+type hedgeOutcome[T any] struct {
+	v       T
 	err     error
-	skipped bool // no hedge was sent: no slot, no budget, or nobody waiting
+	skipped bool // no second call was made
 }
 
-// hedged GETs path (a read of kind op, at most limit bytes), and, if it has
-// not answered after the hedge delay of op, no hedge of this read was sent
-// yet (hedgeSent), a slot is free and the retry budget allows, GETs it once
-// more; the first good answer is returned, and the other call is cancelled
-// at once. Both share the first call's UPSTREAM_TIMEOUT, which starts when
-// it is sent. The first call runs on the caller's goroutine; a hedge runs on
-// one that u owns, so that Close waits for it.
-func (u *upstream) hedged(ctx context.Context, op, path string, limit int64, hedgeSent *atomic.Bool) ([]byte, error) {
-	delay, ok := u.hedge.delay(op, time.Now())
-	if !ok || hedgeSent.Load() {
-		return u.call(ctx, op, http.MethodGet, path, nil, limit)
-	}
-	release, err := u.acquire(ctx, op)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	ctx, cancel := context.WithTimeoutCause(ctx, u.timeout, errCallTimeout)
-	defer cancel() // whichever call is still running ends now
-	send := func() ([]byte, error) { return u.send(ctx, op, http.MethodGet, path, nil, limit) }
-	hedge := make(chan hedgeOutcome, 1)
+// runHedged runs call under ctx and, if it has not returned after delay and
+// start grants a second call (start returns what gives back what it took),
+// runs call once more on a goroutine that running counts; the first good
+// answer is returned and cancel ends the other call at once. won reports
+// that the second call answered first. Both calls share ctx, and so its
+// deadline. The second call and the timer run in guard: a panic in either
+// is the second call's error, never the process's end.
+func runHedged[T any](ctx context.Context, cancel context.CancelFunc, delay time.Duration,
+	call func() (T, error), start func() (release func(), ok bool), running *sync.WaitGroup) (v T, won bool, err error) {
+	second := make(chan hedgeOutcome[T], 1)
 	timer := time.AfterFunc(delay, func() {
 		started := false
+		defer func() {
+			if !started {
+				second <- hedgeOutcome[T]{skipped: true}
+			}
+		}()
 		guard(ctx, "hedge timer", func() {
-			release := u.tryAcquire()
-			if release == nil || ctx.Err() != nil || hedgeSent.Swap(true) || !u.retry.Budget.withdraw(time.Now()) {
-				if release != nil {
-					release()
-				}
+			if ctx.Err() != nil {
 				return
 			}
-			u.metrics.hedgeSent(op)
+			release, ok := start()
+			if !ok {
+				return
+			}
 			started = true
-			u.running.Go(func() {
+			running.Go(func() {
 				defer release()
-				var h hedgeOutcome
+				var h hedgeOutcome[T]
+				defer func() { second <- h }()
 				guard(ctx, "hedge", func() {
-					h.body, h.err = send()
+					h.v, h.err = call()
 					if h.err == nil {
 						cancel() // the first call is beaten: end it at once
 					}
 				}, func(err error) { h.err = err })
-				hedge <- h
 			})
 		}, nil)
-		if !started {
-			hedge <- hedgeOutcome{skipped: true}
-		}
 	})
-	body, err := send()
+	v, err = call()
 	if timer.Stop() || err == nil {
-		return body, err // no hedge was started, or the first call won
+		return v, false, err // no second call was started, or the first won
 	}
-	h := <-hedge
+	h := <-second
 	if h.skipped || h.err != nil {
-		return body, err
+		return v, false, err
 	}
-	u.metrics.hedgeWon(op)
-	return h.body, nil
+	return h.v, true, nil
 }

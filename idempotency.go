@@ -2,7 +2,7 @@ package main
 
 import (
 	"container/list"
-	"net/http"
+	"errors"
 	"sync"
 	"time"
 )
@@ -74,9 +74,12 @@ const (
 	writeStored                    // sent and confirmed
 )
 
-// errStoreFull refuses a new key while MaxKeys writes are in flight.
-var errStoreFull = &apiError{Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
-	Message: "too many writes with an Idempotency-Key are in progress; retry in a second"}
+// Begin's refusals; respond.go says what a client is told of each.
+var (
+	errKeyInUse  = errors.New("a request with this Idempotency-Key is in progress")
+	errKeyReused = errors.New("Idempotency-Key used with another body")
+	errStoreFull = errors.New("MaxKeys writes with an Idempotency-Key are in flight")
+)
 
 func newIdempotencyStore(o storeOptions) *idempotencyStore {
 	return &idempotencyStore{storeOptions: o, keys: map[string]*list.Element{}, order: list.New()}
@@ -97,13 +100,11 @@ func (s *idempotencyStore) Begin(key, id string) (claim, error) {
 		e := el.Value.(*idemEntry)
 		switch {
 		case e.id != id:
-			return claim{}, errorf(http.StatusUnprocessableEntity,
-				"Idempotency-Key was already used with a different request body")
+			return claim{}, errKeyReused
 		case e.done:
 			return claim{ID: e.id, Done: true}, nil
 		case e.inFlight:
-			return claim{}, errorf(http.StatusConflict,
-				"a request with this Idempotency-Key is still in progress; retry when it has finished")
+			return claim{}, errKeyInUse
 		}
 		s.setInFlight(e, true)
 		return claim{ID: e.id, entry: e}, nil

@@ -285,16 +285,6 @@ func checkHealth(ctx context.Context, port int) error {
 	return nil
 }
 
-// fileLimit returns the process's limit on open files (the Go runtime
-// raises the soft limit to the hard one at start), or 0 if it is unknown.
-func fileLimit() uint64 {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0
-	}
-	return rl.Cur
-}
-
 func newLogger(w io.Writer, cfg config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	if cfg.LogFormat == "json" {

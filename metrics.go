@@ -28,7 +28,6 @@ type metrics struct {
 	upDuration  map[labels]*histogram // call, outcome
 	cache       map[labels]uint64     // result
 	transitions map[labels]uint64     // from, to
-	state       atomic.Int32          // breakerState
 	inflight    atomic.Int64          // upstream calls in flight
 	dials       atomic.Uint64         // upstream connections opened
 	foreign     atomic.Uint64         // events withheld: another user's
@@ -42,6 +41,8 @@ type metrics struct {
 	hedgeDelays func() map[string]time.Duration
 	// memoryPools are the memory budget's pools by name; set once, by wire.
 	memoryPools map[string]*memoryPool
+	// breakerState, if set, returns the breaker's state now; set once, by wire.
+	breakerState func() string
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -157,14 +158,13 @@ func (m *metrics) cacheLookup(result string) {
 }
 
 // breakerChanged is the breaker's OnChange hook.
-func (m *metrics) breakerChanged(from, to breakerState) {
+func (m *metrics) breakerChanged(from, to string) {
 	if m == nil {
 		return
 	}
-	m.state.Store(int32(to))
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.transitions[labels{from.String(), to.String()}]++
+	m.transitions[labels{from, to}]++
 }
 
 // goroutines is exposed in /health and /metrics so that an operator can see
@@ -196,9 +196,12 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	fmt.Fprintf(&b, "# HELP eventgate_breaker_state Circuit breaker state: 1 for the current one.\n# TYPE eventgate_breaker_state gauge\n")
-	for _, s := range []breakerState{stateClosed, stateOpen, stateHalfOpen} {
-		fmt.Fprintf(&b, "eventgate_breaker_state{state=%q} %d\n", s.String(), boolInt(breakerState(m.state.Load()) == s))
+	if m.breakerState != nil {
+		fmt.Fprintf(&b, "# HELP eventgate_breaker_state Circuit breaker state: 1 for the current one.\n# TYPE eventgate_breaker_state gauge\n")
+		now := m.breakerState()
+		for _, s := range []string{"closed", "open", "half-open"} {
+			fmt.Fprintf(&b, "eventgate_breaker_state{state=%q} %d\n", s, boolInt(now == s))
+		}
 	}
 	fmt.Fprintf(&b, "# HELP eventgate_upstream_inflight Upstream calls in flight.\n# TYPE eventgate_upstream_inflight gauge\neventgate_upstream_inflight %d\n", m.inflight.Load())
 	fmt.Fprintf(&b, "# HELP eventgate_upstream_connections_opened_total Upstream TCP connections dialed.\n# TYPE eventgate_upstream_connections_opened_total counter\neventgate_upstream_connections_opened_total %d\n", m.dials.Load())

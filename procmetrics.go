@@ -119,3 +119,13 @@ func processStart() (time.Time, bool) {
 	}
 	return time.Time{}, false
 }
+
+// fileLimit returns the process's limit on open files (the Go runtime
+// raises the soft limit to the hard one at start), or 0 if it is unknown.
+func fileLimit() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	return rl.Cur
+}

@@ -133,8 +133,16 @@ func toAPIError(err error) *apiError {
 	if errors.As(err, &mbe) {
 		return errorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", mbe.Limit)
 	}
-	if errors.Is(err, errMemoryBusy) {
+	switch {
+	case errors.Is(err, errMemoryBusy):
 		return errBusy
+	case errors.Is(err, errKeyInUse):
+		return errorf(http.StatusConflict, "a request with this Idempotency-Key is still in progress; retry when it has finished")
+	case errors.Is(err, errKeyReused):
+		return errorf(http.StatusUnprocessableEntity, "Idempotency-Key was already used with a different request body")
+	case errors.Is(err, errStoreFull):
+		return &apiError{Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
+			Message: "too many writes with an Idempotency-Key are in progress; retry in a second"}
 	}
 	if errors.Is(err, context.Canceled) {
 		return errorf(statusClientClosed, "the client closed the request")

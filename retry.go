@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
-	"net/http"
 	"sync"
 	"time"
 )
 
-// retryPolicy retries idempotent reads whose failure a second try may fix:
-// a network error, or a 502, 503 or 504 (a 503 or 429 only if it did not
-// say when to come back). Never a timeout (the caller has
-// already waited UPSTREAM_TIMEOUT) and never a write.
+// retryPolicy retries a call while the predicate it is given says its
+// failure is one a second try may fix, the budget allows, and a wait still
+// fits the deadline. It knows nothing of what it calls.
 type retryPolicy struct {
 	Attempts  int            // tries in all, the first included; below 2, no retry
 	BaseDelay time.Duration  // before the first retry; doubles after each, jittered
@@ -26,9 +23,10 @@ func defaultRetryPolicy() retryPolicy {
 	return retryPolicy{Attempts: 3, BaseDelay: 20 * time.Millisecond, Budget: newRetryBudget(0.1, 10, 10*time.Second)}
 }
 
-// do calls call, and again while its failure is retryable, the budget
-// allows, and a wait still fits the ctx deadline. It returns the last result.
-func (p retryPolicy) do(ctx context.Context, call func() ([]byte, error)) ([]byte, error) {
+// do calls call, and again while retryable says its failure may pass, the
+// budget allows, and a wait still fits the ctx deadline. It returns the
+// last result.
+func (p retryPolicy) do(ctx context.Context, call func() ([]byte, error), retryable func(error) bool) ([]byte, error) {
 	p.Budget.deposit(time.Now())
 	jitter := p.Jitter
 	if jitter == nil {
@@ -56,24 +54,6 @@ func (p retryPolicy) do(ctx context.Context, call func() ([]byte, error)) ([]byt
 		}
 		delay *= 2
 	}
-}
-
-// retryable reports whether a second try of a read may succeed, and may
-// be made now: never before a Retry-After the upstream sent.
-func retryable(err error) bool {
-	var ue *upstreamError
-	if !errors.As(err, &ue) {
-		return false
-	}
-	switch ue.Kind {
-	case failNetwork:
-		return true
-	case failUnavailable:
-		return ue.RetryAfter == 0
-	case failStatus:
-		return ue.Status == http.StatusBadGateway || ue.Status == http.StatusGatewayTimeout
-	}
-	return false
 }
 
 // budgetSlots is how many parts the budget's sliding window has.

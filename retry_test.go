@@ -113,7 +113,7 @@ func attemptTimes(ctx context.Context, p retryPolicy, err error) (attempts []tim
 	p.do(ctx, func() ([]byte, error) {
 		attempts = append(attempts, time.Since(start))
 		return nil, err
-	})
+	}, retryable)
 	return attempts, time.Since(start)
 }
 

@@ -63,6 +63,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		Transport:     transport,
 	})
 	m.hedgeDelays = func() map[string]time.Duration { return up.hedge.delays(time.Now()) }
+	m.breakerState = func() string { return br.Snapshot().State }
 	cache := newEventCache(cacheOptions{
 		Fetch:        up.Event,
 		TTL:          cfg.EventCacheTTL,

@@ -255,3 +255,13 @@ func jsonString(v json.RawMessage) (string, bool) {
 	}
 	return unquote(v), true
 }
+
+// isDigits reports whether b is a whole number written as digits alone.
+func isDigits(b []byte) bool {
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return len(b) > 0
+}

@@ -55,6 +55,10 @@ const (
 	maxResponseHeaderBytes = 64 << 10  // Go's default is 10 MiB
 )
 
+// maxIDLength bounds ids, in paths, bodies and the upstream's lists; real
+// ids are far shorter.
+const maxIDLength = 128
+
 // userBodyLimit caps a user's JSON: room for maxEvents ids of the longest
 // length, and a mebibyte for the rest of the user.
 func userBodyLimit(maxEvents int) int64 { return 1<<20 + int64(maxEvents)*(maxIDLength+4) }
@@ -136,6 +140,27 @@ func upstreamFault(err error) bool {
 		return false
 	}
 	return true
+}
+
+// retryable reports whether a second try of a read may succeed, and may
+// be made now: a network error, or a 502, 503 or 504 (a 503 or 429 only if
+// it did not say when to come back: never before a Retry-After). Never a
+// timeout (the caller has already waited UPSTREAM_TIMEOUT), and the retry
+// policy is never given a write.
+func retryable(err error) bool {
+	var ue *upstreamError
+	if !errors.As(err, &ue) {
+		return false
+	}
+	switch ue.Kind {
+	case failNetwork:
+		return true
+	case failUnavailable:
+		return ue.RetryAfter == 0
+	case failStatus:
+		return ue.Status == http.StatusBadGateway || ue.Status == http.StatusGatewayTimeout
+	}
+	return false
 }
 
 // retryAfter returns the Retry-After the upstream sent with err, or 0.
@@ -464,7 +489,44 @@ func (u *upstream) getArray(ctx context.Context, op, path string) ([]byte, error
 // the read is hedged, so a read is sent at most Attempts + 1 times.
 func (u *upstream) get(ctx context.Context, op, path string, limit int64) ([]byte, error) {
 	var hedgeSent atomic.Bool
-	return u.retry.do(ctx, func() ([]byte, error) { return u.hedged(ctx, op, path, limit, &hedgeSent) })
+	return u.retry.do(ctx, func() ([]byte, error) { return u.hedged(ctx, op, path, limit, &hedgeSent) }, retryable)
+}
+
+// hedged GETs path (a read of kind op, at most limit bytes), and, if it has
+// not answered after the hedge delay of op, no hedge of this read was sent
+// yet (hedgeSent), a slot is free and the retry budget allows, GETs it once
+// more (runHedged). Both share the first call's UPSTREAM_TIMEOUT, which
+// starts when it is sent; a hedge is an attempt like any other, asked first
+// whether anyone still wants it.
+func (u *upstream) hedged(ctx context.Context, op, path string, limit int64, hedgeSent *atomic.Bool) ([]byte, error) {
+	delay, ok := u.hedge.delay(op, time.Now())
+	if !ok || hedgeSent.Load() {
+		return u.call(ctx, op, http.MethodGet, path, nil, limit)
+	}
+	release, err := u.acquire(ctx, op)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	ctx, cancel := context.WithTimeoutCause(ctx, u.timeout, errCallTimeout)
+	defer cancel() // whichever call is still running ends now
+	start := func() (func(), bool) {
+		release := u.tryAcquire()
+		if release == nil || hedgeSent.Swap(true) || !u.retry.Budget.withdraw(time.Now()) {
+			if release != nil {
+				release()
+			}
+			return nil, false
+		}
+		u.metrics.hedgeSent(op)
+		return release, true
+	}
+	send := func() ([]byte, error) { return u.send(ctx, op, http.MethodGet, path, nil, limit) }
+	body, won, err := runHedged(ctx, cancel, delay, send, start, &u.running)
+	if won {
+		u.metrics.hedgeWon(op)
+	}
+	return body, err
 }
 
 // call makes one upstream call and returns the body of a 2xx answer, at

@@ -27,9 +27,6 @@ const (
 	maxDetailsLen   = 2000     // characters
 )
 
-// maxIDLength bounds ids in paths and bodies; real ids are far shorter.
-const maxIDLength = 128
-
 // addEventRequest is a validated POST /addEvent body.
 type addEventRequest struct {
 	Name    string
@@ -163,14 +160,6 @@ func parseUserID(v json.RawMessage) (string, string) {
 	return id, ""
 }
 
-func isDigits(b []byte) bool {
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return len(b) > 0
-}
 
 // checkText returns what is wrong with s, or "": its length in characters
 // must be within [min, max]; it may hold no control characters but, where
