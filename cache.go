@@ -25,23 +25,21 @@ import (
 // instance forgets the id it stored (Forget).
 //
 // It is bounded in entries (Size) and in bytes (MaxBytes): past either, the
-// least recently used events are dropped. It also coalesces concurrent
-// lookups of one id into one upstream call, even with the TTL at 0 (caching
-// off). A lookup that was sent finishes, and its answer is kept, even when
-// every caller waiting for it has left; a lookup not yet sent when its last
-// caller leaves is never sent. So asking and hanging up costs the upstream
-// nothing that a later request does not use.
+// least recently used events are dropped. Lookups go through one
+// flightGroup, so concurrent lookups of one id are one upstream call, even
+// with the TTL at 0 (caching off), and a lookup that was sent finishes and
+// is kept even when every caller waiting for it has left, while one not yet
+// sent when its last caller leaves is never sent: asking and hanging up
+// costs the upstream nothing that a later request does not use.
 type eventCache struct {
 	cacheOptions
-	refreshSlots chan struct{}  // one per background refresh running
-	running      sync.WaitGroup // flight goroutines, waited for by Close
+	refreshSlots chan struct{} // one per background refresh running
+	lookups      *flightGroup[string, event]
 
-	mu      sync.Mutex               // protects the fields below
-	items   map[string]*list.Element // id → element of lru holding a *cacheEntry
-	lru     *list.List               // most recently used first
-	bytes   int64                    // the cost of the entries in lru
-	flights map[string]*flight       // lookups in progress
-	closed  bool                     // set by Close: no more goroutines
+	mu    sync.Mutex               // protects the fields below
+	items map[string]*list.Element // id → element of lru holding a *cacheEntry
+	lru   *list.List               // most recently used first
+	bytes int64                    // the cost of the entries in lru
 }
 
 type cacheEntry struct {
@@ -63,17 +61,6 @@ func (e *cacheEntry) cost() int64 {
 	return int64(len(e.id) + cap(e.ev.JSON) + len(e.ev.UserID) + entryOverhead)
 }
 
-// flight is one upstream lookup that any number of callers wait for.
-type flight struct {
-	done    chan struct{} // closed when ev and err are set
-	ev      event
-	err     error
-	waiters int                // callers still waiting; guarded by eventCache.mu
-	refresh bool               // holds a refresh slot; guarded by eventCache.mu
-	sent    bool               // an attempt has left for the upstream; guarded by eventCache.mu
-	cancel  context.CancelFunc // ends a lookup not yet sent when the last waiter leaves
-}
-
 // cacheOptions configure an eventCache.
 type cacheOptions struct {
 	Fetch        func(context.Context, string) (event, error) // looks an event up
@@ -88,9 +75,14 @@ func newEventCache(o cacheOptions) *eventCache {
 	return &eventCache{
 		cacheOptions: o,
 		refreshSlots: make(chan struct{}, max(o.MaxRefreshes, 1)),
-		items:        map[string]*list.Element{},
-		lru:          list.New(),
-		flights:      map[string]*flight{},
+		lookups: newFlightGroup[string, event](func(ctx context.Context, sent bool) error {
+			if !sent {
+				return waitError(ctx, "getEventById") // it waited for eventgate, not the upstream
+			}
+			return contextError(ctx, "getEventById", ctx.Err())
+		}),
+		items: map[string]*list.Element{},
+		lru:   list.New(),
 	}
 }
 
@@ -134,55 +126,43 @@ func (c *eventCache) lookup(ctx context.Context, id string, now time.Time) (ev e
 
 // Get returns event id from the cache, or fetches it; an event known to be
 // missing is a failNotFound error at once. Concurrent callers for the same
-// id share one fetch, which runs on its own goroutine so that each caller
-// can leave when its own ctx ends. When the last caller leaves, a fetch not
-// yet sent is cancelled; one already sent finishes and is cached.
+// id share one fetch (the flightGroup), which each can leave when its own
+// ctx ends.
 func (c *eventCache) Get(ctx context.Context, id string) (event, error) {
 	c.mu.Lock()
-	if ev, result := c.lookup(ctx, id, time.Now()); result != "" {
-		c.mu.Unlock()
+	ev, result := c.lookup(ctx, id, time.Now())
+	c.mu.Unlock()
+	switch result {
+	case "missing":
 		c.Metrics.cacheLookup(result)
-		if result == "missing" {
-			return event{}, &upstreamError{Op: "getEventById", Kind: failNotFound}
-		}
+		return event{}, &upstreamError{Op: "getEventById", Kind: failNotFound}
+	case "hit", "stale":
+		c.Metrics.cacheLookup(result)
 		return ev, nil
 	}
-	if c.closed {
-		// A request outliving the shutdown: look up on its own goroutine.
-		c.mu.Unlock()
-		return c.Fetch(ctx, id)
-	}
-	f, joined := c.flights[id]
-	if !joined {
-		f = c.startFlight(ctx, id)
-	}
-	f.waiters++
-	c.mu.Unlock()
+	ev, err, joined := c.lookups.Do(ctx, id, c.fetch)
 	if joined {
 		c.Metrics.cacheLookup("coalesced")
 	} else {
 		c.Metrics.cacheLookup("miss")
 	}
+	return ev, err
+}
 
-	select {
-	case <-f.done:
-		return f.ev, f.err
-	case <-ctx.Done():
-		c.mu.Lock()
-		f.waiters--
-		sent := f.sent
-		if f.waiters == 0 && !sent && !f.refresh {
-			f.cancel()
-			if c.flights[id] == f {
-				delete(c.flights, id) // a newcomer must not join a cancelled lookup
-			}
-		}
-		c.mu.Unlock()
-		if !sent {
-			return event{}, waitError(ctx, "getEventById") // it waited for eventgate, not the upstream
-		}
-		return event{}, contextError(ctx, "getEventById", ctx.Err())
+// fetch looks id up and keeps what it learns, before any waiter sees it: a
+// fetch that finds the event gone remembers it as missing; one that fails
+// otherwise leaves a stale copy to be served until it is 2×TTL old.
+func (c *eventCache) fetch(ctx context.Context, id string) (event, error) {
+	ev, err := c.Fetch(ctx, id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		c.store(&cacheEntry{id: id, ev: ev, fetched: time.Now()})
+	case isNotFound(err):
+		c.store(&cacheEntry{id: id, missing: true, fetched: time.Now()})
 	}
+	return ev, err
 }
 
 // Forget drops what the cache holds for id: an event just stored through
@@ -194,81 +174,28 @@ func (c *eventCache) Forget(id string) {
 }
 
 // startRefresh fetches id again in the background, unless that is under way
-// or as many refreshes as allowed are. c.mu must be held.
+// or as many refreshes as allowed are.
 func (c *eventCache) startRefresh(ctx context.Context, id string) {
-	if _, inFlight := c.flights[id]; inFlight || c.closed {
-		return
-	}
 	select {
 	case c.refreshSlots <- struct{}{}:
 	default:
 		return
 	}
-	c.startFlight(ctx, id).refresh = true
+	if !c.lookups.Start(ctx, id, c.refresh) {
+		<-c.refreshSlots
+	}
 }
 
-// startFlight starts fetching id, with no waiter yet. c.mu must be held.
-func (c *eventCache) startFlight(ctx context.Context, id string) *flight {
-	// Detached from this caller's cancellation (another caller may still
-	// want the answer, and a refresh has no caller), but keeping its
-	// values: the request id. Every attempt asks first whether anyone
-	// still wants it.
-	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &flight{done: make(chan struct{}), cancel: cancel}
-	fctx = withSendCheck(fctx, func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if f.waiters == 0 && !f.refresh {
-			return false
-		}
-		f.sent = true
-		return true
-	})
-	c.flights[id] = f
-	c.running.Go(func() { c.run(fctx, f, id) })
-	return f
-}
-
-// run performs one flight's fetch and publishes its result, whatever the
-// fetch does: a panic or runtime.Goexit in it is its waiters' error. A
-// fetch that finds the event gone remembers it as missing; one that fails
-// otherwise leaves a stale copy to be served until it is 2×TTL old.
-func (c *eventCache) run(ctx context.Context, f *flight, id string) {
-	ev, err := event{}, errGoexit
-	defer func() {
-		f.cancel()
-		c.mu.Lock()
-		if c.flights[id] == f {
-			delete(c.flights, id)
-		}
-		if f.refresh {
-			<-c.refreshSlots
-		}
-		switch {
-		case err == nil:
-			c.store(&cacheEntry{id: id, ev: ev, fetched: time.Now()})
-		case isNotFound(err):
-			c.store(&cacheEntry{id: id, missing: true, fetched: time.Now()})
-		}
-		f.ev, f.err = ev, err
-		c.mu.Unlock()
-		close(f.done)
-	}()
-	guard(ctx, "event lookup", func() { ev, err = c.Fetch(ctx, id) }, func(e error) { err = e })
+// refresh is fetch for startRefresh: it gives its slot back.
+func (c *eventCache) refresh(ctx context.Context, id string) (event, error) {
+	defer func() { <-c.refreshSlots }()
+	return c.fetch(ctx, id)
 }
 
 // Close cancels the lookups in flight and returns when their goroutines
 // have ended. Afterwards the cache starts none: a Get looks up on its
 // caller's goroutine, and stale events are not refreshed.
-func (c *eventCache) Close() {
-	c.mu.Lock()
-	c.closed = true
-	for _, f := range c.flights {
-		f.cancel()
-	}
-	c.mu.Unlock()
-	c.running.Wait()
-}
+func (c *eventCache) Close() { c.lookups.Close() }
 
 // remove drops id from the cache. c.mu must be held.
 func (c *eventCache) remove(id string) {
