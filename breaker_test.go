@@ -500,3 +500,64 @@ func TestBreakerWaitsAsLongAsTheUpstreamAsked(t *testing.T) {
 		})
 	}
 }
+
+// TestBreakerHalfOpenAdmitsOneTwoFour: trials at once are 1, then 2 after
+// one success, then 4 after two (with one still out, three more).
+func TestBreakerHalfOpenAdmitsOneTwoFour(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		b.s.CloseAfter = 10 // so that the ramp, not closing, is seen
+		trip(t, b)
+		time.Sleep(5 * time.Second)
+		admitted := func(n int) (int, []func()) {
+			var finishes []func()
+			got := 0
+			for range n {
+				ok, finish := begin(b, nil)
+				if ok {
+					got++
+					finishes = append(finishes, finish)
+				}
+			}
+			return got, finishes
+		}
+		got, fs := admitted(2)
+		if got != 1 {
+			t.Fatalf("half-open: %d of 2 trials admitted; want 1", got)
+		}
+		fs[0]()
+		got, fs = admitted(3)
+		if got != 2 {
+			t.Fatalf("after one success: %d of 3 admitted; want 2", got)
+		}
+		fs[0]() // a second success; one trial still out
+		got, more := admitted(4)
+		if got != 3 {
+			t.Errorf("after two successes, one out: %d of 4 admitted; want 3 (4 at once)", got)
+		}
+		for _, finish := range append(fs[1:], more...) {
+			finish()
+		}
+	})
+}
+
+// TestBreakerForgetsOldFaultsWhenItCloses: a breaker that opened on three
+// faults and recovered starts closed with no fault counted: one more fault
+// within the same window does not open it again.
+func TestBreakerForgetsOldFaultsWhenItCloses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		trip(t, b)
+		time.Sleep(5 * time.Second)
+		synctest.Wait() // the open period's goroutine turns it half-open
+		for range 3 {
+			call(t, b, nil)
+		}
+		wantState(t, b, stateClosed)
+		call(t, b, errFault)
+		wantState(t, b, stateClosed)
+		if n := b.Snapshot().FailuresInWindow; n != 1 {
+			t.Errorf("faults in the window after recovering and one more: %d; want 1", n)
+		}
+	})
+}

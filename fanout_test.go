@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -447,4 +448,25 @@ func TestMissingEventsAreRememberedAndSummarised(t *testing.T) {
 			t.Errorf("lookups after missingTTL: %d; want 1000 more, the missing ones again", n-first)
 		}
 	})
+}
+
+// TestCachedEventsCountTowardTheAnswerBound: with every event of a user in
+// the cache, an answer past MaxBytes still fails, without a lookup.
+func TestCachedEventsCountTowardTheAnswerBound(t *testing.T) {
+	var fetches atomic.Int32
+	cache := newEventCache(cacheOptions{TTL: time.Minute, Size: 100, MaxRefreshes: 1,
+		Fetch: func(_ context.Context, id string) (event, error) {
+			fetches.Add(1)
+			return event{JSON: json.RawMessage(`{"id":"` + id + `","details":"` + strings.Repeat("x", 1000) + `"}`), UserID: "u"}, nil
+		}})
+	defer cache.Close()
+	ids := []string{"a", "b", "c"}
+	if _, err := newEventLoader(loaderOptions{Cache: cache, Limit: 10}).Load(t.Context(), "u", ids, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := newEventLoader(loaderOptions{Cache: cache, Limit: 10, MaxBytes: 2500}).Load(t.Context(), "u", ids, nil)
+	var ue *upstreamError
+	if !errors.As(err, &ue) || ue.Kind != failTooLarge || fetches.Load() != 3 {
+		t.Errorf("three cached events of 1 KB under a 2,500-byte bound = %v after %d lookups; want too large, no more lookups", err, fetches.Load())
+	}
 }
