@@ -55,7 +55,6 @@ type cacheEntry struct {
 // that an event stored through another instance shows up soon.
 const missingTTL = 10 * time.Second
 
-
 // cost counts the JSON's capacity, not its length: the whole buffer is held.
 func (e *cacheEntry) cost() int64 {
 	return int64(len(e.id) + cap(e.ev.JSON) + len(e.ev.UserID) + entryOverhead)

@@ -160,7 +160,6 @@ func parseUserID(v json.RawMessage) (string, string) {
 	return id, ""
 }
 
-
 // checkText returns what is wrong with s, or "": its length in characters
 // must be within [min, max]; it may hold no control characters but, where
 // multiline is set, newlines and tabs, and no bidirectional controls (which
