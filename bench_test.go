@@ -97,9 +97,9 @@ func mallocs() uint64 {
 func benchLoad(b *testing.B, base, owner string, ids []string) {
 	cfg := testConfig(b)
 	up := newUpstream(upstreamOptions{BaseURL: base, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight,
-		Retry: defaultRetryPolicy(), Hedge: newHedgePolicy(0, true, 2*time.Second)})
+		Retry: defaultRetryPolicy(), Hedge: newHedgePolicy(0, 2*time.Second)})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event, Size: cfg.EventCacheSize}), Limit: cfg.FanoutLimit})
+	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event}), Limit: cfg.FanoutLimit})
 	for b.Loop() {
 		if events, err := loader.Load(b.Context(), owner, ids, nil); err != nil || len(events) != len(ids) {
 			b.Fatalf("Load = %d events, %v; want %d", len(events), err, len(ids))

@@ -24,8 +24,9 @@ import (
 // the upstream one lookup per id per missingTTL; a write through this
 // instance forgets the id it stored (Forget).
 //
-// It is bounded in entries (Size) and in bytes (MaxBytes): past either, the
-// least recently used events are dropped. Lookups go through one
+// It is bounded in bytes (MaxBytes, which counts entryOverhead per entry,
+// so it bounds their number too): past it, the least recently used events
+// are dropped. Lookups go through one
 // flightGroup, so concurrent lookups of one id are one upstream call, even
 // with the TTL at 0 (caching off), and a lookup that was sent finishes and
 // is kept even when every caller waiting for it has left, while one not yet
@@ -64,7 +65,6 @@ func (e *cacheEntry) cost() int64 {
 type cacheOptions struct {
 	Fetch        func(context.Context, string) (event, error) // looks an event up
 	TTL          time.Duration                                // how long an event is fresh; 0: cache nothing
-	Size         int                                          // events cached at most
 	MaxBytes     int64                                        // bytes cached at most (ids and JSON, plus entryOverhead each); 0: no bound
 	MaxRefreshes int                                          // stale events refetched at once at most
 	Metrics      *metrics                                     // may be nil
@@ -212,7 +212,7 @@ func (c *eventCache) drop(el *list.Element) {
 }
 
 // store caches e, then drops the least recently used entries while the
-// cache is over either bound. c.mu must be held.
+// cache is over its bound. c.mu must be held.
 func (c *eventCache) store(e *cacheEntry) {
 	if c.TTL <= 0 {
 		return
@@ -223,7 +223,7 @@ func (c *eventCache) store(e *cacheEntry) {
 	}
 	c.items[e.id] = c.lru.PushFront(e)
 	c.bytes += e.cost()
-	for c.lru.Len() > c.Size || c.MaxBytes > 0 && c.bytes > c.MaxBytes {
+	for c.MaxBytes > 0 && c.bytes > c.MaxBytes {
 		c.drop(c.lru.Back())
 	}
 }

@@ -21,8 +21,7 @@ type config struct {
 	MaxConnections  int    // client connections open at once
 	UpstreamURL     string // empty: start the embedded mock
 	UpstreamTimeout time.Duration
-	HedgeAuto       bool          // HEDGE_DELAY=auto: hedge after the recent p95 of the call's kind
-	HedgeDelay      time.Duration // otherwise, after this; 0: never
+	HedgeDelay      time.Duration // 0 (always, but in tests): the recent p95 of the call's kind; < 0: never
 	RequestTimeout  time.Duration // a whole client request, fan-out included
 	ShutdownDrain   time.Duration // /ready answers 503 this long before the listener closes
 
@@ -31,17 +30,14 @@ type config struct {
 	BreakerBackoffMin time.Duration
 	BreakerBackoffMax time.Duration
 
-	FanoutLimit         int // event lookups in flight for one request
-	UpstreamMaxInflight int // upstream calls in flight for the whole process
+	UpstreamMaxInflight int   // upstream calls in flight for the whole process
+	FanoutLimit         int   // event lookups in flight for one request: derived, 5/8 of UpstreamMaxInflight
 	EventCacheTTL       time.Duration
-	EventCacheSize      int
 	EventCacheBytes     int64
-	MaxUserEvents       int   // event ids taken from one user
-	MaxResponseBytes    int64 // the events of one answer
 	MemoryBudget        int64 // bytes held for all requests in flight at once
+	MaxResponseBytes    int64 // the events of one answer: derived, an eighth of MemoryBudget
 
 	IdempotencyTTL    time.Duration
-	IdempotencyKeys   int
 	IdempotencyBytes  int64
 	IdempotencySecret []byte // nil: a random one, so keys hold within this process only
 
@@ -59,23 +55,17 @@ var envDefaults = []struct{ name, value string }{
 	{"MAX_CONNECTIONS", "10000"},
 	{"UPSTREAM_URL", ""},
 	{"UPSTREAM_TIMEOUT", "2s"},
-	{"HEDGE_DELAY", "auto"},
 	{"REQUEST_TIMEOUT", "10s"},
 	{"SHUTDOWN_DRAIN", "0s"},
 	{"BREAKER_THRESHOLD", "3"},
 	{"BREAKER_WINDOW", "30s"},
 	{"BREAKER_BACKOFF_MIN", "5s"},
 	{"BREAKER_BACKOFF_MAX", "60s"},
-	{"FANOUT_LIMIT", "2500"},
 	{"UPSTREAM_MAX_INFLIGHT", "4000"},
 	{"EVENT_CACHE_TTL", "60s"},
-	{"EVENT_CACHE_SIZE", "100000"},
 	{"EVENT_CACHE_BYTES", "64MiB"},
-	{"MAX_USER_EVENTS", "10000"},
-	{"MAX_RESPONSE_BYTES", "32MiB"},
 	{"MEMORY_BUDGET", "256MiB"},
 	{"IDEMPOTENCY_TTL", "24h"},
-	{"IDEMPOTENCY_KEYS", "100000"},
 	{"IDEMPOTENCY_BYTES", "32MiB"},
 	{"IDEMPOTENCY_SECRET", ""},
 	{"API_TOKEN", ""},
@@ -98,24 +88,17 @@ func loadConfig(getenv func(string) string) (config, error) {
 		MaxConnections:      p.int("MAX_CONNECTIONS", 1, 1_000_000),
 		UpstreamURL:         p.url("UPSTREAM_URL"),
 		UpstreamTimeout:     p.duration("UPSTREAM_TIMEOUT", time.Millisecond),
-		HedgeAuto:           p.get("HEDGE_DELAY") == "auto",
-		HedgeDelay:          p.durationOr("HEDGE_DELAY", "auto"),
 		RequestTimeout:      p.duration("REQUEST_TIMEOUT", time.Millisecond),
 		ShutdownDrain:       p.duration("SHUTDOWN_DRAIN", 0),
 		BreakerThreshold:    p.int("BREAKER_THRESHOLD", 1, 1_000_000),
 		BreakerWindow:       p.duration("BREAKER_WINDOW", time.Millisecond),
 		BreakerBackoffMin:   p.duration("BREAKER_BACKOFF_MIN", time.Millisecond),
 		BreakerBackoffMax:   p.duration("BREAKER_BACKOFF_MAX", time.Millisecond),
-		FanoutLimit:         p.int("FANOUT_LIMIT", 1, 100_000),
 		UpstreamMaxInflight: p.int("UPSTREAM_MAX_INFLIGHT", 1, 100_000),
 		EventCacheTTL:       p.duration("EVENT_CACHE_TTL", 0),
-		EventCacheSize:      p.int("EVENT_CACHE_SIZE", 1, 100_000_000),
 		EventCacheBytes:     p.bytes("EVENT_CACHE_BYTES", 1<<20),
-		MaxUserEvents:       p.int("MAX_USER_EVENTS", 1, 10_000_000),
-		MaxResponseBytes:    p.bytes("MAX_RESPONSE_BYTES", 64<<10),
 		MemoryBudget:        p.bytes("MEMORY_BUDGET", 16<<20),
 		IdempotencyTTL:      p.duration("IDEMPOTENCY_TTL", time.Second),
-		IdempotencyKeys:     p.int("IDEMPOTENCY_KEYS", 1, 100_000_000),
 		IdempotencyBytes:    p.bytes("IDEMPOTENCY_BYTES", 64<<10),
 		IdempotencySecret:   p.secret("IDEMPOTENCY_SECRET", minSecretBytes),
 		APIToken:            p.get("API_TOKEN"),
@@ -131,6 +114,11 @@ func loadConfig(getenv func(string) string) (config, error) {
 			RejectDelay: 100 * time.Millisecond,
 		},
 	}
+	// A request may look up at most 5/8 of the process's calls at once, so
+	// that a huge fan-out leaves room for everyone else; an answer may take
+	// at most an eighth of the budget, so that six fit in its answers pool.
+	c.FanoutLimit = max(1, c.UpstreamMaxInflight*5/8)
+	c.MaxResponseBytes = c.MemoryBudget / 8
 	if p.err == nil && c.BreakerBackoffMax < c.BreakerBackoffMin {
 		p.fail("BREAKER_BACKOFF_MAX", c.BreakerBackoffMax.String(), "must not be shorter than BREAKER_BACKOFF_MIN")
 	}
@@ -224,19 +212,6 @@ func (p *envParser) bytes(name string, lo int64) int64 {
 	return 0
 }
 
-// durationOr reads a duration, or the word given (then 0).
-func (p *envParser) durationOr(name, word string) time.Duration {
-	v := p.get(name)
-	if v == word {
-		return 0
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		p.fail(name, v, fmt.Sprintf("want %s, 0 (off), or a duration like 50ms", word))
-	}
-	return d
-}
-
 func (p *envParser) fraction(name string) float64 {
 	v := p.get(name)
 	f, err := strconv.ParseFloat(v, 64)
@@ -298,6 +273,28 @@ func redacted(raw string) string {
 	}
 	u.Fragment, u.RawFragment = "", ""
 	return u.String()
+}
+
+// retiredVariables are variables eventgate no longer reads, and what took
+// their place; setting one is warned about at start (retiredSet).
+var retiredVariables = []struct{ name, replacedBy string }{
+	{"HEDGE_DELAY", "nothing: reads are always hedged at the recent 95th percentile of their kind"},
+	{"FANOUT_LIMIT", "UPSTREAM_MAX_INFLIGHT (a request may take 5/8 of it)"},
+	{"EVENT_CACHE_SIZE", "EVENT_CACHE_BYTES (which counts every entry)"},
+	{"MAX_USER_EVENTS", "a fixed 10,000 ids per user"},
+	{"MAX_RESPONSE_BYTES", "MEMORY_BUDGET (an answer may take an eighth of it)"},
+	{"IDEMPOTENCY_KEYS", "IDEMPOTENCY_BYTES (which counts every key)"},
+}
+
+// retiredSet returns a warning for each retired variable that getenv sets.
+func retiredSet(getenv func(string) string) []string {
+	var warnings []string
+	for _, r := range retiredVariables {
+		if getenv(r.name) != "" {
+			warnings = append(warnings, fmt.Sprintf("%s is no longer read; replaced by %s", r.name, r.replacedBy))
+		}
+	}
+	return warnings
 }
 
 // readDotEnv reads KEY=VALUE lines from path. A missing file is no error;

@@ -20,7 +20,7 @@ func TestRunRefusesABadVariable(t *testing.T) {
 		{"LOG_FORMAT", "xml"},
 		{"LOG_LEVEL", "loud"},
 		{"REQUEST_TIMEOUT", "2s"}, // not longer than UPSTREAM_TIMEOUT
-		{"MAX_RESPONSE_BYTES", "32MB"},
+		{"MEMORY_BUDGET", "32MB"},
 		{"EVENT_CACHE_BYTES", "1KiB"},
 		{"IDEMPOTENCY_SECRET", "too-short-s3cret"},
 	}
@@ -105,4 +105,19 @@ func readmeDefaults(t *testing.T) map[string]string {
 		}
 	}
 	return vars
+}
+
+// TestRetiredVariablesAreNamedWithTheirReplacement: a variable eventgate no
+// longer reads still starts it, with a warning that names what replaced it.
+func TestRetiredVariablesAreNamedWithTheirReplacement(t *testing.T) {
+	logs, stop, errc, _ := startRun(t, map[string]string{"FANOUT_LIMIT": "10", "EVENT_CACHE_SIZE": "5"})
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"FANOUT_LIMIT is no longer read; replaced by UPSTREAM_MAX_INFLIGHT", "EVENT_CACHE_SIZE is no longer read; replaced by EVENT_CACHE_BYTES"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("start-up log lacks %q:\n%s", want, logs)
+		}
+	}
 }

@@ -335,7 +335,7 @@ func TestFanoutReusesConnections(t *testing.T) {
 	m := newMetrics()
 	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event, Size: 10}), Limit: 100})
+	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event}), Limit: 100})
 	for range 20 {
 		events, err := loader.Load(t.Context(), "u", api.users["u"], nil)
 		if err != nil || len(events) != 50 {
@@ -360,7 +360,7 @@ func countingLoader(t *testing.T) (*eventLoader, *atomic.Int64) {
 		fetches.Add(1)
 		return event{JSON: json.RawMessage(`{}`), UserID: "u"}, nil
 	}
-	c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Hour, Size: 1000})
+	c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Hour})
 	t.Cleanup(c.Close)
 	return newEventLoader(loaderOptions{Cache: c, Limit: 10}), &fetches
 }
@@ -454,7 +454,7 @@ func TestMissingEventsAreRememberedAndSummarised(t *testing.T) {
 // the cache, an answer past MaxBytes still fails, without a lookup.
 func TestCachedEventsCountTowardTheAnswerBound(t *testing.T) {
 	var fetches atomic.Int32
-	cache := newEventCache(cacheOptions{TTL: time.Minute, Size: 100, MaxRefreshes: 1,
+	cache := newEventCache(cacheOptions{TTL: time.Minute, MaxRefreshes: 1,
 		Fetch: func(_ context.Context, id string) (event, error) {
 			fetches.Add(1)
 			return event{JSON: json.RawMessage(`{"id":"` + id + `","details":"` + strings.Repeat("x", 1000) + `"}`), UserID: "u"}, nil

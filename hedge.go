@@ -17,8 +17,8 @@ import (
 
 // hedgePolicy says when to hedge each kind of call (getEventById, …).
 type hedgePolicy struct {
-	fixed   time.Duration // HEDGE_DELAY as a duration; with auto false, 0 is off
-	auto    bool          // HEDGE_DELAY=auto: the recent p95 of the call's kind
+	fixed   time.Duration // > 0: always this delay; < 0: never hedge; 0: auto
+	auto    bool          // the recent p95 of the call's kind (as in production)
 	floor   time.Duration // auto never hedges sooner
 	initial time.Duration // auto, until minSamples calls of the kind are seen
 
@@ -30,12 +30,13 @@ type hedgePolicy struct {
 // their percentile.
 const minSamples = 100
 
-// newHedgePolicy returns the policy for HEDGE_DELAY: auto, or a fixed
-// delay, 0 for none. Until auto has seen enough calls of a kind, it hedges
-// after half of timeout (UPSTREAM_TIMEOUT): rarely, and never a call that
-// answers in a typical time.
-func newHedgePolicy(fixed time.Duration, auto bool, timeout time.Duration) *hedgePolicy {
-	return &hedgePolicy{fixed: fixed, auto: auto, floor: 10 * time.Millisecond, initial: timeout / 2,
+// newHedgePolicy returns the policy for delay: 0 is auto, the production
+// one; tests fix a delay (> 0) or turn hedging off (< 0). Until auto has
+// seen enough calls of a kind, it hedges after half of timeout
+// (UPSTREAM_TIMEOUT): rarely, and never a call that answers in a typical
+// time.
+func newHedgePolicy(delay, timeout time.Duration) *hedgePolicy {
+	return &hedgePolicy{fixed: delay, auto: delay == 0, floor: 10 * time.Millisecond, initial: timeout / 2,
 		kinds: map[string]*latencies{}}
 }
 

@@ -55,7 +55,7 @@ func (s *slowFirst) calls(id string) int {
 }
 
 func hedgeAfter(d time.Duration) func(*config) {
-	return func(c *config) { c.HedgeAuto, c.HedgeDelay = false, d }
+	return func(c *config) { c.HedgeDelay = d }
 }
 
 // TestSlowReadIsHedgedOnceAndTheLoserCancelled: a lookup that has not
@@ -163,7 +163,7 @@ func TestHedgeSharesTheCallsTimeout(t *testing.T) {
 // under 10ms; each kind on its own.
 func TestAutoHedgeDelayFollowsThe95thPercentile(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHedgePolicy(0, true, 2*time.Second)
+		h := newHedgePolicy(0, 2*time.Second)
 		observe := func(op string, n int, d time.Duration) {
 			for range n {
 				h.observe(op, d, time.Now())
@@ -198,8 +198,8 @@ func TestAutoHedgeDelayFollowsThe95thPercentile(t *testing.T) {
 		if d := delay("getEventById"); d != time.Second {
 			t.Errorf("after 25s without calls: %v; want the conservative 1s again", d)
 		}
-		if d, ok := newHedgePolicy(0, false, 2*time.Second).delay("getUsers", time.Now()); ok {
-			t.Errorf("HEDGE_DELAY=0 hedges after %v", d)
+		if d, ok := newHedgePolicy(-1, 2*time.Second).delay("getUsers", time.Now()); ok {
+			t.Errorf("hedging turned off hedges after %v", d)
 		}
 	})
 }
@@ -213,7 +213,7 @@ func TestHedgedFanoutUnderAHeavyTail(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			up := newSlowFirst(time.Second)
 			up.api.delay = 20 * time.Millisecond
-			g := newTestGateway(t, up, func(c *config) { c.HedgeAuto, c.EventCacheTTL = hedge, 0 })
+			g := newTestGateway(t, up, func(c *config) { c.HedgeDelay, c.EventCacheTTL = map[bool]time.Duration{true: 0, false: -1}[hedge], 0 })
 			for r := range 3 { // warm-up: 300 fast lookups
 				user := fmt.Sprint("warm", r)
 				for i := range 100 {

@@ -60,7 +60,7 @@ func testConfig(t testing.TB) config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.HedgeAuto, cfg.HedgeDelay = false, 0
+	cfg.HedgeDelay = -1
 	return cfg
 }
 
@@ -280,6 +280,9 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
+	// Goroutines that fail on purpose in tests log their stack through the
+	// default logger: not into the test's output.
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	os.Exit(m.Run())
 }
 

@@ -20,10 +20,10 @@ import (
 // settled: such a write leaves no trace, and, since keys are made room for
 // only when a write is settled, it forgets no other key.
 //
-// Keys are remembered for TTL, and settled ones within MaxKeys and MaxBytes;
-// past either bound the oldest settled key is forgotten. A write in flight
-// is never forgotten: were it, its retry could not be refused while it
-// runs. At most MaxKeys writes are in flight at once; past that a new key is
+// Keys are remembered for TTL, within MaxBytes (each key costs its bytes and
+// entryOverhead): past it the oldest settled key is forgotten. A write in
+// flight is never forgotten: were it, its retry could not be refused while
+// it runs. Writes in flight may hold MaxBytes too; past that a new key is
 // refused with a 503 that says to come back in a second.
 type idempotencyStore struct {
 	storeOptions
@@ -31,16 +31,14 @@ type idempotencyStore struct {
 	mu       sync.Mutex               // protects the fields below
 	keys     map[string]*list.Element // key → element of order holding an *idemEntry
 	order    *list.List               // oldest first; with one TTL, also soonest to expire
-	bytes    int64                    // the cost of the settled entries
-	settled  int                      // entries not in flight
-	inFlight int                      // entries in flight
+	settled  int64                    // the cost of the entries not in flight
+	inFlight int64                    // the cost of the entries in flight
 }
 
 // storeOptions configure an idempotencyStore.
 type storeOptions struct {
 	TTL      time.Duration // how long a key is remembered
-	MaxKeys  int           // keys remembered at most
-	MaxBytes int64         // bytes remembered at most (keys, ids, plus entryOverhead each)
+	MaxBytes int64         // bytes remembered at most, settled and in flight each (keys, ids, plus entryOverhead each)
 }
 
 type idemEntry struct {
@@ -78,7 +76,7 @@ const (
 var (
 	errKeyInUse  = errors.New("a request with this Idempotency-Key is in progress")
 	errKeyReused = errors.New("Idempotency-Key used with another body")
-	errStoreFull = errors.New("MaxKeys writes with an Idempotency-Key are in flight")
+	errStoreFull = errors.New("the writes in flight with an Idempotency-Key fill the key memory")
 )
 
 func newIdempotencyStore(o storeOptions) *idempotencyStore {
@@ -87,8 +85,8 @@ func newIdempotencyStore(o storeOptions) *idempotencyStore {
 
 // Begin claims key for a write whose derived event id is id. It refuses a
 // key in use by a request still running (409), a key bound to another id,
-// that is another content (422), and a new key while MaxKeys writes are in
-// flight (503). It forgets no other key. Every claim that is not Done must
+// that is another content (422), and a new key while writes in flight fill
+// MaxBytes (503). It forgets no other key. Every claim that is not Done must
 // be ended with Finish.
 func (s *idempotencyStore) Begin(key, id string) (claim, error) {
 	now := time.Now()
@@ -109,12 +107,12 @@ func (s *idempotencyStore) Begin(key, id string) (claim, error) {
 		s.setInFlight(e, true)
 		return claim{ID: e.id, entry: e}, nil
 	}
-	if s.inFlight >= s.MaxKeys {
+	e := &idemEntry{key: key, id: id, inFlight: true, expires: now.Add(s.TTL)}
+	if s.inFlight+e.cost() > s.MaxBytes {
 		return claim{}, errStoreFull
 	}
-	e := &idemEntry{key: key, id: id, inFlight: true, expires: now.Add(s.TTL)}
 	s.keys[key] = s.order.PushBack(e)
-	s.inFlight++
+	s.inFlight += e.cost()
 	return claim{ID: id, entry: e, fresh: true}, nil
 }
 
@@ -139,7 +137,7 @@ func (s *idempotencyStore) Finish(c claim, r writeResult) {
 	}
 	s.setInFlight(e, false)
 	e.done = r == writeStored
-	for s.settled > s.MaxKeys || s.MaxBytes > 0 && s.bytes > s.MaxBytes {
+	for s.settled > s.MaxBytes {
 		s.evictOldestSettled()
 	}
 }
@@ -148,13 +146,12 @@ func (s *idempotencyStore) Finish(c claim, r writeResult) {
 // must be held.
 func (s *idempotencyStore) setInFlight(e *idemEntry, on bool) {
 	e.inFlight = on
-	d := 1
+	d := e.cost()
 	if !on {
-		d = -1
+		d = -d
 	}
 	s.inFlight += d
 	s.settled -= d
-	s.bytes -= int64(d) * e.cost()
 }
 
 // expire forgets the keys whose time is up, except those in flight, which
@@ -189,10 +186,9 @@ func (s *idempotencyStore) remove(el *list.Element) {
 	s.order.Remove(el)
 	delete(s.keys, e.key)
 	if e.inFlight {
-		s.inFlight--
+		s.inFlight -= e.cost()
 		e.inFlight = false
 	} else {
-		s.settled--
-		s.bytes -= e.cost()
+		s.settled -= e.cost()
 	}
 }

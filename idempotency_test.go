@@ -112,8 +112,11 @@ func TestIdempotencyKeyInUseIsRefused(t *testing.T) {
 	})
 }
 
+// keyCost is what a one-letter key bound to a four-letter id costs.
+const keyCost = 1 + 4 + entryOverhead
+
 func TestIdempotencyStoreIsBounded(t *testing.T) {
-	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxBytes: 2 * keyCost})
 	for _, k := range []string{"a", "b", "c"} {
 		c, _ := s.Begin(k, "id-"+k)
 		s.Finish(c, writeStored)
@@ -130,7 +133,7 @@ func TestIdempotencyStoreIsBounded(t *testing.T) {
 // flight as keys may be, a new key is refused with 503 and Retry-After
 // instead of one of them being forgotten; once one finishes, there is room.
 func TestIdempotencyStoreNeverForgetsAWriteInFlight(t *testing.T) {
-	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxBytes: 2 * keyCost})
 	a, _ := s.Begin("a", "id-a")
 	s.Begin("b", "id-b")
 	_, err := s.Begin("c", "id-c")
@@ -154,7 +157,7 @@ func TestIdempotencyStoreNeverForgetsAWriteInFlight(t *testing.T) {
 // TestIdempotencyStoreRefusesAnotherBody: a key bound to one id (one body)
 // is 422 with another, in flight or settled, and never answered with its id.
 func TestIdempotencyStoreRefusesAnotherBody(t *testing.T) {
-	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 10})
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxBytes: 10 * keyCost})
 	c, _ := s.Begin("k", "id-A")
 	if got, err := s.Begin("k", "id-B"); toAPIError(err).Status != 422 || got.ID != "" {
 		t.Errorf("k with another body while the first runs = %+v, %v; want 422", got, err)
@@ -169,7 +172,7 @@ func TestIdempotencyStoreRefusesAnotherBody(t *testing.T) {
 // open, gateway busy) neither stays bound to its key nor makes any other key
 // be forgotten, however many of them there are.
 func TestUnsentWritesLeaveNoTrace(t *testing.T) {
-	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 2})
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxBytes: 2 * keyCost})
 	for _, k := range []string{"a", "b"} {
 		c, _ := s.Begin(k, "id-"+k)
 		s.Finish(c, writeStored)
@@ -186,12 +189,14 @@ func TestUnsentWritesLeaveNoTrace(t *testing.T) {
 			t.Errorf("key %s forgotten after a flood of unsent writes", k)
 		}
 	}
-	if c, err := s.Begin("flood-1", "other-id"); err != nil || c.Done || c.ID != "other-id" {
+	c, err := s.Begin("flood-1", "other-id")
+	if err != nil || c.Done || c.ID != "other-id" {
 		t.Errorf("an unsent write's key = %+v, %v; want free for any body", c, err)
 	}
+	s.Finish(c, writeUnsent)
 	// A retry of a write that was sent once, refused this time, keeps the
 	// key bound: the upstream may hold it.
-	c, _ := s.Begin("sent", "id-s")
+	c, _ = s.Begin("sent", "id-s")
 	s.Finish(c, writeFailed)
 	c, _ = s.Begin("sent", "id-s")
 	s.Finish(c, writeUnsent)
@@ -205,7 +210,7 @@ func TestUnsentWritesLeaveNoTrace(t *testing.T) {
 // claim, which a later retry would otherwise find "done".
 func TestIdempotencyStoreEndsAClaimByItsIdentity(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxKeys: 10})
+		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxBytes: 10 * keyCost})
 		c1, _ := s.Begin("k", "id-1")
 		s.Finish(c1, writeFailed)
 		time.Sleep(2 * time.Minute) // k is forgotten …
@@ -223,7 +228,7 @@ func TestIdempotencyStoreEndsAClaimByItsIdentity(t *testing.T) {
 
 func TestIdempotencyStoreIsBoundedInBytes(t *testing.T) {
 	cost := int64(len("k0") + len("id") + entryOverhead)
-	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxKeys: 100, MaxBytes: 3 * cost})
+	s := newIdempotencyStore(storeOptions{TTL: time.Hour, MaxBytes: 3 * cost})
 	for i := range 4 {
 		c, _ := s.Begin(fmt.Sprint("k", i), "id")
 		s.Finish(c, writeStored)
@@ -381,7 +386,7 @@ func TestKeyedWriteAcrossTwoInstances(t *testing.T) {
 // write ends; then it expires.
 func TestIdempotencyKeyInFlightOutlivesItsTTL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxKeys: 10})
+		s := newIdempotencyStore(storeOptions{TTL: time.Minute, MaxBytes: 10 * keyCost})
 		c, _ := s.Begin("slow", "id-1")
 		time.Sleep(2 * time.Minute)
 		if _, err := s.Begin("slow", "id-1"); toAPIError(err).Status != 409 {
@@ -397,7 +402,7 @@ func TestIdempotencyKeyInFlightOutlivesItsTTL(t *testing.T) {
 // TestNoWriteIsAcknowledgedUnderAnotherBodysID replays the attack on the
 // key memory: key K with body A is stored as X; while the breaker is open, a
 // flood of keyed writes (all refused before the upstream) tries to push K
-// out of a memory of two keys; afterwards K with body B is 422, never X. On
+// out of a memory of two keys' bytes; afterwards K with body B is 422, never X. On
 // an instance that never saw K, and across a token rotation, K with B is
 // another id under which B is stored, and K with A is X again: one key,
 // one event per body, whatever each instance remembers.
@@ -413,7 +418,7 @@ func TestNoWriteIsAcknowledgedUnderAnotherBodysID(t *testing.T) {
 			m.ServeHTTP(w, r)
 		})
 		secret := []byte(strings.Repeat("x", 32))
-		g := newTestGateway(t, upstream, func(c *config) { c.IdempotencySecret, c.IdempotencyKeys = secret, 2 })
+		g := newTestGateway(t, upstream, func(c *config) { c.IdempotencySecret, c.IdempotencyBytes = secret, 2*(1+32+entryOverhead) })
 		bodyA, bodyB := `{"name": "A", "userId": "3"}`, `{"name": "B", "userId": "3"}`
 		rec := g.post("/addEvent", bodyA, "Idempotency-Key", "K")
 		x := addedID(rec.Body.String())

@@ -68,7 +68,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", *envFile, err)
 	}
-	cfg, err := loadConfig(withDotEnv(getenv, file))
+	getenv = withDotEnv(getenv, file)
+	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
 	}
@@ -76,6 +77,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return checkHealth(ctx, cfg.Port)
 	}
 	logger := newLogger(stdout, cfg)
+	for _, warning := range retiredSet(getenv) {
+		logger.WarnContext(ctx, warning)
+	}
 
 	if *mockOnly {
 		srv := newHTTPServer(cfg, mock.New(cfg.Mock), logger)

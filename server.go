@@ -55,9 +55,8 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		Timeout:       cfg.UpstreamTimeout,
 		MaxInflight:   cfg.UpstreamMaxInflight,
 		Retry:         defaultRetryPolicy(),
-		MaxUserEvents: cfg.MaxUserEvents,
 		MaxRetryAfter: cfg.BreakerBackoffMax,
-		Hedge:         newHedgePolicy(cfg.HedgeDelay, cfg.HedgeAuto, cfg.UpstreamTimeout),
+		Hedge:         newHedgePolicy(cfg.HedgeDelay, cfg.UpstreamTimeout),
 		Reads:         reads,
 		Metrics:       m,
 		Transport:     transport,
@@ -67,7 +66,6 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 	cache := newEventCache(cacheOptions{
 		Fetch:        up.Event,
 		TTL:          cfg.EventCacheTTL,
-		Size:         cfg.EventCacheSize,
 		MaxBytes:     cfg.EventCacheBytes,
 		MaxRefreshes: cfg.FanoutLimit, // background work no larger than one request's
 		Metrics:      m,
@@ -78,7 +76,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		up:      up,
 		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
 		breaker: br,
-		keys:    newIdempotencyStore(storeOptions{TTL: cfg.IdempotencyTTL, MaxKeys: cfg.IdempotencyKeys, MaxBytes: cfg.IdempotencyBytes}),
+		keys:    newIdempotencyStore(storeOptions{TTL: cfg.IdempotencyTTL, MaxBytes: cfg.IdempotencyBytes}),
 		ids:     newIDDeriver(cfg.IdempotencySecret),
 		answers: answers,
 		metrics: m,

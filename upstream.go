@@ -37,7 +37,7 @@ import (
 //   - Shapes, checked with the strict reader of strictjson.go (no duplicate
 //     or case-variant keys, valid UTF-8, paired surrogates):
 //     a list is a JSON array; a user is an object whose "events" (absent:
-//     none) is an array of at most MaxUserEvents non-empty string ids of at
+//     none) is an array of at most maxUserEvents non-empty string ids of at
 //     most maxIDLength bytes; an event is an object whose "id" is the id
 //     asked for (its "userId" is kept, for the caller to check); a write is
 //     confirmed only by an object whose "success" is true and whose "id", if
@@ -54,6 +54,10 @@ const (
 	maxConfirmBody         = 64 << 10  // POST /addEvent's answer
 	maxResponseHeaderBytes = 64 << 10  // Go's default is 10 MiB
 )
+
+// maxUserEvents is the most event ids taken from one user: four rounds of
+// the fan-out (2 s at the mock's 500 ms), and a user's JSON of 2.3 MB.
+const maxUserEvents = 10_000
 
 // maxIDLength bounds ids, in paths, bodies and the upstream's lists; real
 // ids are far shorter.
@@ -194,7 +198,6 @@ type upstream struct {
 	timeout       time.Duration // one call, UPSTREAM_TIMEOUT
 	slots         chan struct{} // process-wide bound on calls in flight
 	retry         retryPolicy   // for idempotent reads
-	maxUserEvents int
 	maxRetryAfter time.Duration
 	hedge         *hedgePolicy   // for idempotent reads; nil: none
 	reads         *memoryPool    // bodies being read, for the whole process; nil: unbounded
@@ -209,7 +212,6 @@ type upstreamOptions struct {
 	Timeout       time.Duration
 	MaxInflight   int
 	Retry         retryPolicy
-	MaxUserEvents int           // event ids taken from one user; 0 means 10,000
 	MaxRetryAfter time.Duration // the longest Retry-After passed on; 0 means 60s
 	Hedge         *hedgePolicy  // when reads are hedged; nil: never
 	Reads         *memoryPool   // the memory budget's pool for bodies being read; nil: unbounded
@@ -220,9 +222,6 @@ type upstreamOptions struct {
 func newUpstream(o upstreamOptions) *upstream {
 	if o.Transport == nil {
 		o.Transport = newTransport(o.MaxInflight, o.Metrics)
-	}
-	if o.MaxUserEvents <= 0 {
-		o.MaxUserEvents = 10_000
 	}
 	if o.MaxRetryAfter <= 0 {
 		o.MaxRetryAfter = time.Minute
@@ -239,7 +238,6 @@ func newUpstream(o upstreamOptions) *upstream {
 		timeout:       o.Timeout,
 		slots:         make(chan struct{}, o.MaxInflight),
 		retry:         o.Retry,
-		maxUserEvents: o.MaxUserEvents,
 		maxRetryAfter: o.MaxRetryAfter,
 		hedge:         o.Hedge,
 		reads:         o.Reads,
@@ -295,14 +293,14 @@ func (u *upstream) Events(ctx context.Context) ([]byte, error) {
 
 // UserEventIDs returns the ids of the events of user id, in the user's order.
 // An unknown user is a failNotFound error; a user listing more than
-// MaxUserEvents events is a failTooLarge error, found before any lookup.
+// maxUserEvents events is a failTooLarge error, found before any lookup.
 func (u *upstream) UserEventIDs(ctx context.Context, id string) ([]string, error) {
 	const op = "getUserById"
 	seg, err := pathSegment(op, id)
 	if err != nil {
 		return nil, err
 	}
-	body, err := u.get(ctx, op, "/getUserById/"+seg, userBodyLimit(u.maxUserEvents))
+	body, err := u.get(ctx, op, "/getUserById/"+seg, userBodyLimit(maxUserEvents))
 	if err != nil {
 		return nil, err
 	}
@@ -321,10 +319,10 @@ func (u *upstream) UserEventIDs(ctx context.Context, id string) ([]string, error
 	if list == nil {
 		return nil, nil // absent: no events
 	}
-	ids, err := stringArray(list, u.maxUserEvents)
+	ids, err := stringArray(list, maxUserEvents)
 	if errors.Is(err, errTooMany) {
 		return nil, &upstreamError{Op: op, Kind: failTooLarge, Err: err,
-			Message: fmt.Sprintf("user %q has more than %d events, more than this gateway serves (MAX_USER_EVENTS)", id, u.maxUserEvents)}
+			Message: fmt.Sprintf("user %q has more than %d events, more than this gateway serves", id, maxUserEvents)}
 	}
 	if err != nil {
 		return nil, malformed(err)

@@ -591,7 +591,7 @@ func TestWaitingForASlotIsNotTheUpstreamsTime(t *testing.T) {
 		api.users["b"] = []string{"b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9"}
 		// 15 slots: a's user and 10 lookups, b's user, and 3 of b's lookups
 		// run at once; b's other 7 wait for a's to end.
-		g := newTestGateway(t, api, func(c *config) { c.UpstreamMaxInflight, c.HedgeAuto = 15, true })
+		g := newTestGateway(t, api, func(c *config) { c.UpstreamMaxInflight, c.HedgeDelay = 15, 0 })
 		var wg sync.WaitGroup
 		codes := make([]int, 2)
 		for i, user := range []string{"a", "b"} {
