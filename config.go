@@ -30,8 +30,8 @@ type config struct {
 	BreakerBackoffMin time.Duration
 	BreakerBackoffMax time.Duration
 
-	UpstreamMaxInflight int   // upstream calls in flight for the whole process
-	FanoutLimit         int   // event lookups in flight for one request: derived, 5/8 of UpstreamMaxInflight
+	UpstreamMaxInflight int // upstream calls in flight for the whole process
+	FanoutLimit         int // event lookups in flight for one request: derived, 5/8 of UpstreamMaxInflight
 	EventCacheTTL       time.Duration
 	EventCacheBytes     int64
 	MemoryBudget        int64 // bytes held for all requests in flight at once
