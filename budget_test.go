@@ -305,3 +305,62 @@ func TestMemoryComesInTimeOrNotAtAll(t *testing.T) {
 		}
 	})
 }
+
+// roundTripFunc is an http.RoundTripper made of a function.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// slowBody yields body after delay, or the request's end, whichever first.
+type slowBody struct {
+	ctx   context.Context
+	delay time.Duration
+	body  []byte
+	done  bool
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	select {
+	case <-time.After(b.delay):
+	case <-b.ctx.Done():
+		return 0, b.ctx.Err()
+	}
+	b.done = true
+	return copy(p, b.body), nil
+}
+
+func (b *slowBody) Close() error { return nil }
+
+// TestWaitingForMemoryIsNotTheUpstreamsTimeout: a list that stalls holds
+// the whole reads pool until its UPSTREAM_TIMEOUT; a write sent meanwhile
+// has its confirmation's headers at once, waits for memory to read its
+// body, and then runs out of its own UPSTREAM_TIMEOUT while the body comes.
+// Part of that time was eventgate's wait: the write is a 503 "busy", not
+// an upstream timeout, and the breaker counts no fault.
+func TestWaitingForMemoryIsNotTheUpstreamsTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if r.URL.Path == "/getEvents" {
+				return &http.Response{StatusCode: 200, ContentLength: 8 << 20, Header: http.Header{},
+					Body: &stallingBody{ctx: r.Context(), left: 8<<20 - 1, up: &stallingUpstream{}}}, nil
+			}
+			confirm := []byte(`{"success": true}`)
+			return &http.Response{StatusCode: 200, ContentLength: int64(len(confirm)), Header: http.Header{},
+				Body: &slowBody{ctx: r.Context(), delay: time.Second, body: confirm}}, nil
+		})
+		// 32 MiB: 8 MiB for reads, which the list's 8 MiB takes whole.
+		g := newGatewayAt(t, "http://upstream.test", up, func(c *config) { c.MemoryBudget = 32 << 20 })
+		go g.get("/getEvents")
+		time.Sleep(500 * time.Millisecond)
+		rec := g.post("/addEvent", `{"name": "n", "userId": "1"}`)
+		if rec.Code != 503 || !strings.Contains(rec.Body.String(), "gateway is busy") {
+			t.Errorf("a write whose body read waited for memory, then ran out = %d %q; want 503, the gateway busy", rec.Code, rec.Body)
+		}
+		if s := g.breaker.Snapshot(); s.FailuresInWindow != 0 {
+			t.Errorf("breaker counts %d faults; want none", s.FailuresInWindow)
+		}
+	})
+}

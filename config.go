@@ -52,7 +52,7 @@ type config struct {
 // README's table.
 var envDefaults = []struct{ name, value string }{
 	{"PORT", "3000"},
-	{"MAX_CONNECTIONS", "10000"},
+	{"MAX_CONNECTIONS", "4096"},
 	{"UPSTREAM_URL", ""},
 	{"UPSTREAM_TIMEOUT", "2s"},
 	{"REQUEST_TIMEOUT", "10s"},

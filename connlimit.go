@@ -12,9 +12,10 @@ import (
 // open, so that neither memory nor file descriptors run out however many a
 // client opens. Past the cap, a new connection takes the place of the one
 // that has waited longest without a request being served: idle between
-// requests, or open without having completed a request's headers (a
-// keep-alive connection costs its client only a new dial; one that never
-// finishes its headers is what a client holding the cap would open). If
+// requests, open without having completed a request's headers, waiting for
+// a request's body, or done with its handler (a keep-alive connection costs
+// its client only a new dial; one that never finishes its headers or its
+// body is what a client holding the cap would open). If
 // every connection is being served, the new one is closed at once, never
 // queued: its client sees a refusal it can retry, not a wait.
 //
@@ -60,15 +61,22 @@ func (l *connLimiter) attach(srv *http.Server) {
 
 type limitedConnKey struct{}
 
-// markServing records that a request's headers are complete on the
-// connection of ctx: until it is idle again, it is not closed to make room.
-func markServing(ctx context.Context) {
+// markServing records whether a request is being served on the connection
+// of ctx: from when its handler starts to when it returns, except while the
+// handler waits for the client's body. A connection not being served may be
+// closed to make room, the one that has waited longest first, so a client
+// that never finishes its headers or its body holds no place; one marked
+// again goes to the back of the line.
+func markServing(ctx context.Context, serving bool) {
 	lc, ok := ctx.Value(limitedConnKey{}).(*limitedConn)
 	if !ok {
 		return
 	}
 	lc.l.mu.Lock()
 	lc.l.setWaiting(lc, false)
+	if !serving {
+		lc.l.setWaiting(lc, true)
+	}
 	lc.l.mu.Unlock()
 }
 

@@ -150,37 +150,51 @@ func TestFitToFileLimit(t *testing.T) {
 	}
 }
 
-// TestConnectionCapClosesUnfinishedHeaders: a client holds the whole cap of
-// 10 with connections that never finish their headers, and opens two more
-// before each honest request; each new connection takes the place of the
-// oldest unfinished one, and every honest request is answered.
-func TestConnectionCapClosesUnfinishedHeaders(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		g := newTestGateway(t, quietMock(), nil)
-		l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener { return newConnLimiter(inner, 10, g.metrics) })
-		stall := func() {
-			c := l.dial()
-			t.Cleanup(func() { c.Close() })
-			go io.WriteString(c, "GET /health HTTP/1.1\r\nHo") // and never the rest
-			synctest.Wait()
-		}
-		for range 10 {
-			stall()
-		}
-		answered := 0
-		for range 20 {
-			stall()
-			stall()
-			c := l.dial()
-			k := &keepAlive{c, bufio.NewReader(c)}
-			if k.get("/health") == 200 {
-				answered++
-			}
-			c.Close()
-			synctest.Wait()
-		}
-		if answered != 20 {
-			t.Errorf("%d of 20 honest requests answered with the cap held by unfinished headers; want 20", answered)
-		}
-	})
+// TestConnectionCapClosesUnfinishedRequests: a client holds the whole cap
+// of 10 with connections that never finish a request: headers cut short, or
+// headers complete with a body declared and never sent (a write, a read,
+// with or without the token a write needs); it opens two more before each
+// honest request. Each new connection takes the place of the oldest
+// unfinished one, and every honest request is answered.
+func TestConnectionCapClosesUnfinishedRequests(t *testing.T) {
+	for name, stalled := range map[string]string{
+		"headers cut short":             "GET /health HTTP/1.1\r\nHo",
+		"a write's body never sent":     "POST /addEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer right\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n",
+		"a read with a body never sent": "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n",
+		"a write refused for its token": "POST /addEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Length: 30\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				g := newTestGateway(t, quietMock(), func(c *config) { c.APIToken = "right" })
+				l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener { return newConnLimiter(inner, 10, g.metrics) })
+				stall := func() {
+					c := l.dial()
+					t.Cleanup(func() { c.Close() })
+					go func() {
+						io.WriteString(c, stalled) // and never the rest
+						io.Copy(io.Discard, c)
+					}()
+					synctest.Wait()
+				}
+				for range 10 {
+					stall()
+				}
+				answered := 0
+				for range 20 {
+					stall()
+					stall()
+					c := l.dial()
+					k := &keepAlive{c, bufio.NewReader(c)}
+					if k.get("/health") == 200 {
+						answered++
+					}
+					c.Close()
+					synctest.Wait()
+				}
+				if answered != 20 {
+					t.Errorf("%d of 20 honest requests answered with the cap held by unfinished requests; want 20", answered)
+				}
+			})
+		})
+	}
 }

@@ -192,7 +192,7 @@ func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server
 		IdleTimeout:  2 * time.Minute,
 		// "OPTIONS *" reaches the middleware, which answers it in JSON.
 		DisableGeneralOptionsHandler: true,
-		MaxHeaderBytes:               64 << 10,
+		MaxHeaderBytes:               16 << 10,
 		ErrorLog:                     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }

@@ -27,11 +27,15 @@ func chain(h http.Handler, mws ...middleware) http.Handler {
 	return h
 }
 
-// withServingMark tells the connection cap that this request's headers are
-// complete: its connection is no longer one to close to make room.
+// withServingMark tells the connection cap while this request is served:
+// from its handler's start to its end, its connection is not one to close
+// to make room. After it, net/http may still wait for a body the handler
+// did not read (Go reads up to 256 KiB of it before answering), which is
+// the client's time, not the gateway's.
 func withServingMark(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		markServing(r.Context())
+		markServing(r.Context(), true)
+		defer markServing(r.Context(), false)
 		next.ServeHTTP(w, r)
 	})
 }

@@ -270,7 +270,12 @@ func newTransport(maxInflight int, m *metrics) *http.Transport {
 		},
 		// HTTP/1.1 only: HTTP/2 re-sends a request by itself after a GOAWAY,
 		// which would be an attempt this client did not decide to make.
-		ForceAttemptHTTP2:      false,
+		ForceAttemptHTTP2: false,
+		// No Accept-Encoding: a compressed answer would cost eventgate far
+		// more CPU than it cost the upstream (344 bytes of gzip are 255 KB
+		// of JSON). An answer with a Content-Encoding is not the JSON
+		// expected, and is refused as malformed.
+		DisableCompression:     true,
 		MaxIdleConns:           maxInflight,
 		MaxIdleConnsPerHost:    maxInflight,
 		MaxConnsPerHost:        maxInflight, // so file descriptors are bounded too
@@ -692,7 +697,9 @@ func (u *upstream) readBody(ctx context.Context, op string, resp *http.Response,
 	if resp.ContentLength >= 0 {
 		want = resp.ContentLength
 	}
+	asked := time.Now()
 	got, err := u.reads.acquire(ctx, want)
+	waited := time.Since(asked) > time.Millisecond
 	if err != nil {
 		if errors.Is(context.Cause(ctx), errCallTimeout) {
 			// UPSTREAM_TIMEOUT passed while eventgate waited for memory:
@@ -714,6 +721,11 @@ func (u *upstream) readBody(ctx context.Context, op string, resp *http.Response,
 		if cap(data) != len(data) {
 			data = bytes.Clone(data)
 		}
+	}
+	if err != nil && waited && errors.Is(context.Cause(ctx), errCallTimeout) {
+		// The time ran out after eventgate waited for memory to read the
+		// body in: part of the wait was its own, so it blames nobody.
+		return nil, &upstreamError{Op: op, Kind: failBusy, Err: errMemoryBusy}
 	}
 	if err != nil {
 		return nil, contextError(ctx, op, err)

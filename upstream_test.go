@@ -1,6 +1,7 @@
 package main
 
 import (
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
@@ -242,6 +243,8 @@ func memoryAttacks() []upstreamAttack {
 				"GET /getEventById/{id}": eventOf("1", 200<<10),
 			},
 			path: "/getEventsByUserId/1", want: 502, message: "add up to more than 1 MiB"},
+		{name: "events compressed 740 times (gzip, asked for or not)", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": gzipBomb},
+			path: "/getEventsByUserId/1", want: 502, message: "not a JSON object"},
 		{name: "9 MB of headers", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": answer(200, `{}`, "X-Junk", strings.Repeat("j", 9<<20))},
 			path: "/getEventsByUserId/1", want: 502, message: "could not reach"},
 	}
@@ -286,6 +289,20 @@ func redirectAttacks(stray string) []upstreamAttack {
 		{name: "event redirected", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": redirectTo(stray, 308)},
 			path: "/getEventsByUserId/1", want: 502, message: "redirect (status 308)"},
 	}
+}
+
+// gzipBomb answers the event asked for as 255 KB of JSON compressed to a
+// few hundred bytes, with Content-Encoding: gzip whether or not the
+// gateway asked for it (it must not: an Accept-Encoding is a 502 here too).
+func gzipBomb(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Accept-Encoding") != "" {
+		w.WriteHeader(http.StatusTeapot)
+		return
+	}
+	w.Header().Set("Content-Encoding", "gzip")
+	zw := gzip.NewWriter(w)
+	fmt.Fprintf(zw, `{"id": %q, "userId": "1", "details": "%s"}`, r.PathValue("id"), strings.Repeat(" ", 255_000))
+	zw.Close()
 }
 
 // manyMembers answers the event asked for, of user 1, as an object of n

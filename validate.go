@@ -56,7 +56,9 @@ func readWriteBody(w http.ResponseWriter, r *http.Request, limit int64, reserve 
 		// latest useful moment instead of holding the handler.
 		http.NewResponseController(w).SetReadDeadline(deadline.Add(-reserve))
 	}
+	markServing(r.Context(), false) // the client's time: its place may go to another
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	markServing(r.Context(), true)
 	var mbe *http.MaxBytesError
 	var ne net.Error
 	switch {
