@@ -163,14 +163,14 @@ const memoryLimitBaseline = 64 << 20
 
 // setMemoryLimit sets the Go runtime's soft memory limit to everything the
 // configuration bounds (the memory budget, the event cache and the key
-// memory) plus memoryLimitBaseline, so that the collector works harder
+// memory, settled and in flight) plus memoryLimitBaseline, so that the collector works harder
 // before the heap outgrows them, instead of letting it double. An
 // operator's GOMEMLIMIT wins. It returns the limit in force, for the log.
 func setMemoryLimit(cfg config) string {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return "GOMEMLIMIT=" + os.Getenv("GOMEMLIMIT")
 	}
-	limit := cfg.MemoryBudget + cfg.EventCacheBytes + cfg.IdempotencyBytes + memoryLimitBaseline
+	limit := cfg.MemoryBudget + cfg.EventCacheBytes + 2*cfg.IdempotencyBytes + memoryLimitBaseline // keys settled, and in flight
 	debug.SetMemoryLimit(limit)
 	return formatBytes(limit)
 }
