@@ -12,7 +12,7 @@
 source "$(dirname "$0")/lib.sh"
 REQUESTS=${REQUESTS:-3}
 ROUNDS=${ROUNDS:-3}
-ATTACKS=${ATTACKS:-"dup-ids large-events near-cap under-cap large-headers many-ids padded foreign many-keys stall big-answers lone-answer slow-lookups missing abandon drop-users big-list lockout writes"}
+ATTACKS=${ATTACKS:-"dup-ids large-events near-cap under-cap large-headers many-ids padded foreign many-keys stall big-answers lone-answer slow-lookups missing abandon drop-users big-list lockout lockout-body writes"}
 UP=3190
 build_rev
 
@@ -102,7 +102,7 @@ attack() { # NAME: the upstream in mode NAME, unless the attack says otherwise
   case $name in
     lone-answer) mode=big-answers ;;
     abandon) mode=slow-events ;;
-    lockout) mode=drop-users; env=(MAX_CONNECTIONS=200) ;;
+    lockout | lockout-body) mode=drop-users; env=(MAX_CONNECTIONS=200) ;;
     # IDEMPOTENCY_KEYS (retired: a warning now) makes the key memory small
     # for the builds before it; the flood leaves no trace in the ones after.
     writes) env=(IDEMPOTENCY_KEYS=100 IDEMPOTENCY_BYTES=64KiB IDEMPOTENCY_SECRET=0123456789abcdef0123456789abcdef API_TOKEN=token-one) ;;
@@ -149,6 +149,9 @@ attack() { # NAME: the upstream in mode NAME, unless the attack says otherwise
     lockout)
       statuses=$(python3 "$BENCH_DIR/hostile_clients.py" lockout 3191 220 20)
       figure="MAX_CONNECTIONS=200, 220 held unfinished" ;;
+    lockout-body)
+      statuses=$(python3 "$BENCH_DIR/hostile_clients.py" lockout 3191 220 20 body)
+      figure="MAX_CONNECTIONS=200, 220 writes whose body never comes" ;;
     writes)
       attack_writes > "$WORK/figure"
       figure=$(cat "$WORK/figure")

@@ -6,10 +6,12 @@ hang up, stop reading or never finish its headers.
         N clients ask for PATH at once and hang up after SECONDS.
     python3 bench/hostile_clients.py noread PORT PATH N SECONDS
         N clients ask for PATH at once and read nothing for SECONDS.
-    python3 bench/hostile_clients.py lockout PORT HELD HONEST
-        one client holds HELD connections that never finish their headers,
-        opening a new one as each is closed, while HONEST requests for
-        /health are made one after another; prints how many were answered.
+    python3 bench/hostile_clients.py lockout PORT HELD HONEST [body]
+        one client holds HELD connections that never finish their headers
+        (with "body": that send whole headers of a POST /addEvent declaring
+        a body, and never the body), opening a new one as each is closed,
+        while HONEST requests for /health are made one after another; prints
+        how many were answered.
     python3 bench/hostile_clients.py loop PORT PATH CLIENTS SECONDS
         CLIENTS clients ask for PATH again and again for SECONDS; prints the
         statuses they got.
@@ -38,14 +40,17 @@ def hang(port, path, n, seconds, read):
         s.close()
 
 
-def lockout(port, held, honest):
+def lockout(port, held, honest, body=False):
     stop = threading.Event()
+    stalled = b"GET /health HTTP/1.1\r\nHo"
+    if body:
+        stalled = b"POST /addEvent HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n"
 
     def hold():
         while not stop.is_set():
             try:
                 s = socket.create_connection(("127.0.0.1", port), timeout=30)
-                s.sendall(b"GET /health HTTP/1.1\r\nHo")  # and never the rest
+                s.sendall(stalled)  # and never the rest
                 s.recv(1)  # returns when the gateway closes it
                 s.close()
             except OSError:
@@ -102,7 +107,7 @@ def main():
     if cmd in ("hang", "noread"):
         hang(port, sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), cmd == "hang")
     elif cmd == "lockout":
-        lockout(port, int(sys.argv[3]), int(sys.argv[4]))
+        lockout(port, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:] == ["body"])
     elif cmd == "loop":
         loop(port, sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
     else:
