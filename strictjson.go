@@ -58,7 +58,6 @@ func objectMembers(data []byte) ([]member, error) {
 	// d is valid JSON, so the scan below only has to find boundaries, and
 	// the surrogates encoding/json would not refuse.
 	var members []member
-	var seen map[string]bool // from 16 keys on: a linear search would let 100,000 keys cost 10^10 steps
 	i := skipSpace(d, 1)
 	if d[i] == '}' {
 		return members, nil
@@ -77,17 +76,8 @@ func objectMembers(data []byte) ([]member, error) {
 		if len(members) == maxMembers {
 			return nil, &strictJSONError{fmt.Sprintf("has more than %d members", maxMembers)}
 		}
-		if len(members) == 16 {
-			seen = make(map[string]bool)
-			for _, m := range members {
-				seen[m.Key] = true
-			}
-		}
-		if seen[key] || seen == nil && slices.ContainsFunc(members, func(m member) bool { return m.Key == key }) {
+		if slices.ContainsFunc(members, func(m member) bool { return m.Key == key }) { // at most maxMembers: cheap
 			return nil, &strictJSONError{fmt.Sprintf("has the key %s twice", quoteShort(key))}
-		}
-		if seen != nil {
-			seen[key] = true
 		}
 		members = append(members, member{Key: key, Value: d[i:valueEnd]})
 		i = skipSpace(d, valueEnd)

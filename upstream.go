@@ -344,29 +344,18 @@ func stringArray(v json.RawMessage, max int) ([]string, error) {
 		return nil, fmt.Errorf("events is %s, not an array", jsonKind(v[0]))
 	}
 	var ids []string
-	i := skipSpace(v, 1)
-	if v[i] == ']' {
-		return ids, nil
+	if err := json.Unmarshal(v, &ids); err != nil {
+		return nil, fmt.Errorf("events is not an array of strings: %w", err)
 	}
-	for {
-		end, err := scanValue(v, i)
-		if err != nil {
-			return nil, err
-		}
-		id, ok := jsonString(v[i:end])
-		switch {
-		case !ok || id == "" || len(id) > maxIDLength:
-			return nil, fmt.Errorf("event %d of the list is not an id of 1 to %d bytes", len(ids), maxIDLength)
-		case len(ids) == max:
-			return nil, errTooMany
-		}
-		ids = append(ids, id)
-		i = skipSpace(v, end)
-		if v[i] == ']' {
-			return ids, nil
-		}
-		i = skipSpace(v, i+1)
+	if len(ids) > max {
+		return nil, errTooMany
 	}
+	for i, id := range ids {
+		if id == "" || len(id) > maxIDLength { // null is "" too
+			return nil, fmt.Errorf("event %d of the list is not an id of 1 to %d bytes", i, maxIDLength)
+		}
+	}
+	return ids, nil
 }
 
 // event is an upstream event as eventgate keeps it: its JSON object as the
