@@ -28,7 +28,7 @@ func handleList(fetch func(context.Context) ([]byte, error), memory *memoryPool,
 			return err
 		}
 		held.keep(int64(cap(body)))
-		writeRaw(w, http.StatusOK, body)
+		writeAnswer(w, r, held, func(write func([]byte)) { write(body); write([]byte{'\n'}) })
 		return nil
 	})
 }
@@ -55,7 +55,7 @@ func handleEventsByUser(up *upstream, loader *eventLoader, memory *memoryPool) h
 		if err != nil {
 			return err
 		}
-		writeArray(w, events)
+		writeAnswer(w, r, held, arrayPieces(events))
 		return nil
 	})
 }

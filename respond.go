@@ -25,32 +25,6 @@ func (h apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// writeArray answers 200 with items as one JSON array, written piece by
-// piece: neither decoded again nor copied into one more buffer as large as
-// the answer.
-func writeArray(w http.ResponseWriter, items []json.RawMessage) {
-	n := 3 // "[", "]" and the newline
-	for _, it := range items {
-		n += len(it) + 1
-	}
-	if len(items) > 0 {
-		n-- // one comma fewer than items
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(n))
-	w.WriteHeader(http.StatusOK)
-	sep := []byte{'['}
-	for _, it := range items {
-		w.Write(sep)
-		w.Write(it)
-		sep[0] = ','
-	}
-	if len(items) == 0 {
-		w.Write(sep)
-	}
-	w.Write([]byte("]\n"))
-}
-
 // encode writes v as the JSON answer with the given status.
 func encode(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
