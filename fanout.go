@@ -49,6 +49,11 @@ func (l *eventLoader) Load(ctx context.Context, userID string, ids []string, hel
 		if _, seen := found[id]; seen {
 			continue
 		}
+		if id == "." || id == ".." { // no path can ask for it: left out as missing, not the whole answer
+			left.add(&left.missing, id)
+			found[id] = nil
+			continue
+		}
 		order = append(order, id)
 		found[id] = nil // nil until fetched; marks the id as seen
 		ev, ok := l.Cache.peek(ctx, id, now)

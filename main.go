@@ -198,7 +198,8 @@ func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server
 }
 
 // shutdownTimeout bounds how long in-flight requests may take to finish
-// after a signal; it is longer than the request deadline, so none is cut.
+// after a signal; it is longer than the request deadline, so no handler is
+// cut, only the writing of an answer to a client that reads very slowly.
 func shutdownTimeout(cfg config) time.Duration { return cfg.RequestTimeout + 5*time.Second }
 
 // serve listens, serves until ctx is done, then shuts down gracefully. A
@@ -236,7 +237,13 @@ func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logge
 	logger.Info("shutting down: finishing in-flight requests")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout(cfg))
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	if err := srv.Shutdown(sctx); errors.Is(err, context.DeadlineExceeded) {
+		// Only answers still being written can be left: every handler has
+		// its REQUEST_TIMEOUT. A client reading that slowly is cut off, and
+		// the stop is still a clean one.
+		logger.Warn("shutdown: answers still being written to slow clients were cut off", "after", shutdownTimeout(cfg))
+		srv.Close()
+	} else if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {

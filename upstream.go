@@ -652,7 +652,7 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 	}
 	switch {
 	case s >= 200 && s <= 299:
-		return u.readBody(ctx, op, resp, limit)
+		return u.readBody(ctx, op, method, resp, limit)
 	case s == http.StatusNotFound:
 		return nil, &upstreamError{Op: op, Kind: failNotFound, Status: s}
 	case s == http.StatusServiceUnavailable || s == http.StatusTooManyRequests:
@@ -675,7 +675,7 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 // that is not counted. One of declared length gets exactly that buffer;
 // one of unknown length is copied to a buffer of its size, so what the
 // cache keeps is what it counts.
-func (u *upstream) readBody(ctx context.Context, op string, resp *http.Response, limit int64) ([]byte, error) {
+func (u *upstream) readBody(ctx context.Context, op, method string, resp *http.Response, limit int64) ([]byte, error) {
 	tooLarge := &upstreamError{Op: op, Kind: failTooLarge, Status: resp.StatusCode,
 		Err:     fmt.Errorf("answer larger than %d bytes", limit),
 		Message: fmt.Sprintf("the event service sent an answer larger than this gateway accepts (%s)", formatBytes(limit))}
@@ -693,7 +693,7 @@ func (u *upstream) readBody(ctx context.Context, op string, resp *http.Response,
 		if errors.Is(context.Cause(ctx), errCallTimeout) {
 			// UPSTREAM_TIMEOUT passed while eventgate waited for memory:
 			// its own overload, not the upstream's slowness.
-			return nil, &upstreamError{Op: op, Kind: failBusy, Err: errMemoryBusy}
+			return nil, waitedOut(op, method)
 		}
 		return nil, contextError(ctx, op, err)
 	}
@@ -714,12 +714,24 @@ func (u *upstream) readBody(ctx context.Context, op string, resp *http.Response,
 	if err != nil && waited && errors.Is(context.Cause(ctx), errCallTimeout) {
 		// The time ran out after eventgate waited for memory to read the
 		// body in: part of the wait was its own, so it blames nobody.
-		return nil, &upstreamError{Op: op, Kind: failBusy, Err: errMemoryBusy}
+		return nil, waitedOut(op, method)
 	}
 	if err != nil {
 		return nil, contextError(ctx, op, err)
 	}
 	return data, nil
+}
+
+// waitedOut is the error of a call whose answer could not be read in time
+// because eventgate waited for memory: its own overload, never a fault of
+// the upstream. A read is failBusy (503: try again). A write was sent and
+// may be stored, so it is failDeadline (504: outcome unknown, retry with
+// the same Idempotency-Key), never a "busy" that would say it was not sent.
+func waitedOut(op, method string) error {
+	if method != http.MethodGet {
+		return &upstreamError{Op: op, Kind: failDeadline, Err: errors.New("UPSTREAM_TIMEOUT passed while the answer waited for memory")}
+	}
+	return &upstreamError{Op: op, Kind: failBusy, Err: errMemoryBusy}
 }
 
 // readCapped reads r to its end or to max bytes, in a buffer that doubles

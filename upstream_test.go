@@ -332,6 +332,8 @@ func shapeAttacks() []upstreamAttack {
 			path: "/getEventsByUserId/1", want: 502, message: "not an object with an array of event ids"},
 		{name: "user without events", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": answer(200, `{"id": "1"}`)},
 			path: "/getEventsByUserId/1", want: 200, check: eventsAre("")},
+		{name: "a user listing the ids . and ..", routes: map[string]http.HandlerFunc{"GET /getUserById/{id}": userWith(`["event-1", ".", "..", "event-3"]`)},
+			path: "/getEventsByUserId/1", want: 200, check: eventsAre("event-1,event-3")},
 		{name: "event of 65 members", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": manyMembers(65)},
 			path: "/getEventsByUserId/1", want: 502, message: "not a JSON object"},
 		{name: "event of 64 members", routes: map[string]http.HandlerFunc{"GET /getEventById/{id}": manyMembers(64)},
