@@ -2,7 +2,8 @@
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/eventgate .
+ARG VERSION=
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.buildVersion=${VERSION}" -o /out/eventgate .
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/eventgate /eventgate

@@ -85,7 +85,8 @@ func handleHealth(br *breaker, m *metrics) http.Handler {
 		if !s.NextTrial.IsZero() {
 			b.RetryAfterSecs = retrySeconds(time.Until(s.NextTrial))
 		}
-		encode(w, http.StatusOK, map[string]any{"status": "ok", "breaker": b, "goroutines": m.goroutines()})
+		v, _ := version()
+		encode(w, http.StatusOK, map[string]any{"status": "ok", "version": v, "breaker": b, "goroutines": m.goroutines()})
 	})
 }
 

@@ -60,8 +60,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	envFile := flags.String("env-file", ".env", "file of KEY=VALUE defaults; the real environment wins (empty: none)")
 	healthcheck := flags.Bool("healthcheck", false, "call the local /health and exit 0 if it answers 200, else 1 (for images without curl)")
 	mockOnly := flags.Bool("mock", false, "serve only the mock Event API on PORT")
-	if err := flags.Parse(args[1:]); err != nil {
+	showVersion := flags.Bool("version", false, "print the version and exit")
+	flags.Usage = func() {
+		fmt.Fprintf(flags.Output(), "usage: eventgate [flags]\n\nflags:\n")
+		flags.PrintDefaults()
+		fmt.Fprintf(flags.Output(), "\nenvironment variables (README.md says what each means), with their defaults:\n")
+		for _, d := range envDefaults {
+			fmt.Fprintf(flags.Output(), "  %s=%s\n", d.name, d.value)
+		}
+	}
+	if err := flags.Parse(args[1:]); errors.Is(err, flag.ErrHelp) {
+		return nil // asked for: not an error
+	} else if err != nil {
 		return err
+	}
+	if *showVersion {
+		v, goVersion := version()
+		fmt.Fprintf(stdout, "eventgate %s (%s)\n", v, goVersion)
+		return nil
 	}
 
 	file, err := readDotEnv(*envFile)
@@ -125,7 +141,8 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return l
 	}
 
-	attrs := []any{"upstream", redacted(upstreamURL), "embedded_mock", cfg.UpstreamURL == "", "max_connections", cfg.MaxConnections,
+	v, goVersion := version()
+	attrs := []any{"version", v, "go", goVersion, "upstream", redacted(upstreamURL), "embedded_mock", cfg.UpstreamURL == "", "max_connections", cfg.MaxConnections,
 		"memory_budget", formatBytes(cfg.MemoryBudget), "go_memory_limit", limit}
 	if proxy := upstreamProxy(upstreamURL); proxy != "" {
 		attrs = append(attrs, "upstream_proxy", proxy+" (from HTTPS_PROXY or HTTP_PROXY; NO_PROXY exempts hosts)")

@@ -631,6 +631,7 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 		req.Body, req.ContentLength = unreplayable{}, 0
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent())
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
