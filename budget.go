@@ -54,18 +54,19 @@ type poolWaiter struct {
 func newMemoryPool(total int64) *memoryPool { return &memoryPool{total: total} }
 
 // acquire waits, under ctx, until n bytes (at most the whole pool) are
-// granted, and returns how many were. When ctx ends first it returns 0 and
-// errMemoryBusy if ctx's deadline passed, else ctx's cause.
-func (p *memoryPool) acquire(ctx context.Context, n int64) (int64, error) {
-	if p == nil {
-		return n, nil
+// granted, and returns how many were, and whether it had to wait. When ctx
+// ends first it returns 0 and errMemoryBusy if ctx's deadline passed, else
+// ctx's cause.
+func (p *memoryPool) acquire(ctx context.Context, n int64) (got int64, waited bool, err error) {
+	if got, ok := p.tryAcquire(n); ok {
+		return got, false, nil
 	}
 	n = min(n, p.total)
 	p.mu.Lock()
-	if p.queue.Len() == 0 && p.used+n <= p.total {
+	if p.queue.Len() == 0 && p.used+n <= p.total { // freed meanwhile
 		p.used += n
 		p.mu.Unlock()
-		return n, nil
+		return n, false, nil
 	}
 	w := &poolWaiter{n: n, ready: make(chan struct{})}
 	el := p.queue.PushBack(w)
@@ -73,7 +74,7 @@ func (p *memoryPool) acquire(ctx context.Context, n int64) (int64, error) {
 
 	select {
 	case <-w.ready:
-		return n, nil
+		return n, true, nil
 	case <-ctx.Done():
 	}
 	p.mu.Lock()
@@ -87,9 +88,26 @@ func (p *memoryPool) acquire(ctx context.Context, n int64) (int64, error) {
 	p.mu.Unlock()
 	p.refused.Add(1)
 	if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
-		return 0, errMemoryBusy
+		return 0, true, errMemoryBusy
 	}
-	return 0, context.Cause(ctx)
+	return 0, true, context.Cause(ctx)
+}
+
+// tryAcquire grants n bytes (at most the whole pool) if they are free now
+// and nobody waits before it; it never waits, and a refusal is no one's
+// timeout (it is not counted as refused).
+func (p *memoryPool) tryAcquire(n int64) (int64, bool) {
+	if p == nil {
+		return n, true
+	}
+	n = min(n, p.total)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.queue.Len() == 0 && p.used+n <= p.total {
+		p.used += n
+		return n, true
+	}
+	return 0, false
 }
 
 // release gives back n bytes acquire granted.
@@ -156,11 +174,26 @@ func (a *memoryAccount) reserve(ctx context.Context, n int64) error {
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-a.leave))
 		defer cancel()
 	}
-	got, err := a.pool.acquire(ctx, n)
-	a.mu.Lock()
-	a.held += got
-	a.mu.Unlock()
+	got, _, err := a.pool.acquire(ctx, n)
+	a.add(got)
 	return err
+}
+
+// tryReserve adds n bytes to the account if they are free now, without
+// waiting, and reports whether it did.
+func (a *memoryAccount) tryReserve(n int64) bool {
+	if a == nil {
+		return true
+	}
+	got, ok := a.pool.tryAcquire(n)
+	a.add(got)
+	return ok
+}
+
+func (a *memoryAccount) add(n int64) {
+	a.mu.Lock()
+	a.held += n
+	a.mu.Unlock()
 }
 
 // keep gives back all but n of the bytes held: the request found that it

@@ -24,14 +24,16 @@ import (
 func TestMemoryPoolServesInOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := newMemoryPool(100)
-		if got, err := p.acquire(t.Context(), 70); got != 70 || err != nil {
+		if got, waited, err := p.acquire(t.Context(), 70); got != 70 || waited || err != nil {
 			t.Fatalf("acquire 70 of 100 = %d, %v", got, err)
 		}
 		var order []int64
 		done := make(chan struct{})
 		for _, n := range []int64{50, 10} {
 			go func() {
-				p.acquire(t.Context(), n)
+				if _, waited, _ := p.acquire(t.Context(), n); !waited {
+					t.Errorf("acquire(%d) behind a full pool says it did not wait", n)
+				}
 				order = append(order, n)
 				done <- struct{}{}
 			}()
@@ -66,13 +68,13 @@ func TestMemoryPoolRefusesWhenTimeRunsOut(t *testing.T) {
 		defer cancel()
 		small := make(chan error)
 		go func() {
-			_, err := p.acquire(ctx, 80) // at the head, until its deadline
+			_, _, err := p.acquire(ctx, 80) // at the head, until its deadline
 			small <- err
 		}()
 		synctest.Wait()
 		behind := make(chan int64)
 		go func() {
-			got, _ := p.acquire(t.Context(), 0)
+			got, _, _ := p.acquire(t.Context(), 0)
 			behind <- got
 		}()
 		synctest.Wait()
@@ -82,7 +84,7 @@ func TestMemoryPoolRefusesWhenTimeRunsOut(t *testing.T) {
 		<-behind // no longer behind a refused waiter
 		left, leave := context.WithCancel(t.Context())
 		go leave()
-		if got, err := p.acquire(left, 10); got != 0 || !errors.Is(err, context.Canceled) {
+		if got, _, err := p.acquire(left, 10); got != 0 || !errors.Is(err, context.Canceled) {
 			t.Errorf("a wait whose caller left = %d, %v; want 0, context.Canceled", got, err)
 		}
 		if p.inUse() != 100 || p.refused.Load() != 2 {

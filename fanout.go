@@ -50,7 +50,7 @@ func (l *eventLoader) Load(ctx context.Context, userID string, ids []string, hel
 			continue
 		}
 		if id == "." || id == ".." { // no path can ask for it: left out as missing, not the whole answer
-			left.add(&left.missing, id)
+			left.add(false, id)
 			found[id] = nil
 			continue
 		}
@@ -111,10 +111,10 @@ func (l *eventLoader) reservation(order []string, cached map[string]json.RawMess
 func (l *eventLoader) keep(ev event, id, userID string, answer *answerBudget, left *leftOut) (json.RawMessage, error) {
 	switch {
 	case ev.JSON == nil:
-		left.add(&left.missing, id)
+		left.add(false, id)
 		return nil, nil
 	case ev.UserID != userID:
-		left.add(&left.foreign, id)
+		left.add(true, id)
 		return nil, nil
 	}
 	return ev.JSON, answer.add(ev, userID)
@@ -130,14 +130,15 @@ type leftOut struct {
 // leftOutShown is how many ids of each kind the log line names.
 const leftOutShown = 5
 
-func (lo *leftOut) add(ids *[]string, id string) {
+// add notes id as left out: another user's if foreign, else missing.
+func (lo *leftOut) add(foreign bool, id string) {
 	lo.mu.Lock()
 	defer lo.mu.Unlock()
-	if ids == &lo.missing {
-		lo.nMissing++
-	} else {
-		lo.nOther++
+	ids, n := &lo.missing, &lo.nMissing
+	if foreign {
+		ids, n = &lo.foreign, &lo.nOther
 	}
+	*n++
 	if len(*ids) < leftOutShown {
 		*ids = append(*ids, id)
 	}

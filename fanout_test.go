@@ -213,6 +213,17 @@ func TestHugeRequestDoesNotStarveSmallOnes(t *testing.T) {
 	})
 }
 
+// askAndLeave serves GET path for a client that hangs up after d, and
+// returns what was recorded; inside a synctest bubble.
+func askAndLeave(g *testGateway, path string, d time.Duration) *httptest.ResponseRecorder {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- g.serve(httptest.NewRequestWithContext(ctx, "GET", path, nil)) }()
+	time.Sleep(d)
+	cancel()
+	return <-done
+}
+
 // TestClientGoingAwayLetsSentLookupsFinish: when the client leaves, the
 // lookups already sent are not cancelled (the upstream sees none cut off);
 // they finish, are cached, and the next request is answered from the cache
@@ -223,13 +234,7 @@ func TestClientGoingAwayLetsSentLookupsFinish(t *testing.T) {
 		api := newFakeEventAPI(500 * time.Millisecond)
 		api.addUser("u", 200)
 		g := newTestGateway(t, api, nil)
-		ctx, cancel := context.WithCancel(context.Background())
-		req := httptest.NewRequestWithContext(ctx, "GET", "/getEventsByUserId/u", nil)
-		done := make(chan *httptest.ResponseRecorder)
-		go func() { done <- g.serve(req) }()
-		time.Sleep(100 * time.Millisecond)
-		cancel()
-		if rec := <-done; rec.Code != statusClientClosed {
+		if rec := askAndLeave(g, "/getEventsByUserId/u", 100*time.Millisecond); rec.Code != statusClientClosed {
 			t.Errorf("status logged %d; want %d", rec.Code, statusClientClosed)
 		}
 		time.Sleep(time.Second)
@@ -254,13 +259,7 @@ func TestLookupsNotSentWhenTheClientLeavesAreNeverSent(t *testing.T) {
 		api := newFakeEventAPI(500 * time.Millisecond)
 		api.addUser("u", 50)
 		g := newTestGateway(t, api, func(c *config) { c.UpstreamMaxInflight = 5 })
-		ctx, cancel := context.WithCancel(context.Background())
-		req := httptest.NewRequestWithContext(ctx, "GET", "/getEventsByUserId/u", nil)
-		done := make(chan *httptest.ResponseRecorder)
-		go func() { done <- g.serve(req) }()
-		time.Sleep(100 * time.Millisecond)
-		cancel()
-		<-done
+		askAndLeave(g, "/getEventsByUserId/u", 100*time.Millisecond)
 		time.Sleep(10 * time.Second)
 		if n, _ := api.lookups(); n != 5 {
 			t.Errorf("upstream saw %d lookups; want the 5 sent before the client left", n)

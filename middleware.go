@@ -50,7 +50,9 @@ const writeStallTimeout = 10 * time.Second
 const writeChunk = 64 << 10
 
 // withWriteDeadline gives every write of the answer its own deadline,
-// writeStallTimeout from when it starts, in pieces of at most writeChunk.
+// writeStallTimeout from when it starts (within a second: the deadline is
+// moved only once it is a second old, as an answer of many small pieces
+// would otherwise move it for each), in pieces of at most writeChunk.
 func withWriteDeadline(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		next.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w)}, r)
@@ -60,14 +62,18 @@ func withWriteDeadline(next http.Handler) http.Handler {
 // deadlineWriter is the ResponseWriter of withWriteDeadline.
 type deadlineWriter struct {
 	http.ResponseWriter
-	rc *http.ResponseController
+	rc  *http.ResponseController
+	set time.Time // when the deadline was last moved
 }
 
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		n := min(len(p), writeChunk)
-		d.rc.SetWriteDeadline(time.Now().Add(writeStallTimeout))
+		if now := time.Now(); now.Sub(d.set) >= time.Second {
+			d.rc.SetWriteDeadline(now.Add(writeStallTimeout))
+			d.set = now
+		}
 		m, err := d.ResponseWriter.Write(p[:n])
 		written += m
 		if err != nil {

@@ -117,8 +117,7 @@ func toAPIError(err error) *apiError {
 	case errors.Is(err, errStoreFull):
 		return &apiError{Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
 			Message: "too many writes with an Idempotency-Key are in progress; retry in a second"}
-	}
-	if errors.Is(err, context.Canceled) {
+	case errors.Is(err, context.Canceled):
 		return errorf(statusClientClosed, "the client closed the request")
 	}
 	var oe *openError

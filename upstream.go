@@ -687,9 +687,7 @@ func (u *upstream) readBody(ctx context.Context, op, method string, resp *http.R
 	if resp.ContentLength >= 0 {
 		want = resp.ContentLength
 	}
-	asked := time.Now()
-	got, err := u.reads.acquire(ctx, want)
-	waited := time.Since(asked) > time.Millisecond
+	got, waited, err := u.reads.acquire(ctx, want)
 	if err != nil {
 		if errors.Is(context.Cause(ctx), errCallTimeout) {
 			// UPSTREAM_TIMEOUT passed while eventgate waited for memory:
