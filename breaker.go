@@ -2,33 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 )
 
-// breakerState is the state of a circuit breaker.
-type breakerState int
+// breakerState is the state of a circuit breaker, as /health and
+// /metrics name it.
+type breakerState string
 
 const (
-	stateClosed   breakerState = iota // calls pass; faults are counted
-	stateOpen                         // calls fail fast until the next trial
-	stateHalfOpen                     // a few real calls are let through as trials
+	stateClosed   breakerState = "closed"    // calls pass; faults are counted
+	stateOpen     breakerState = "open"      // calls fail fast until the next trial
+	stateHalfOpen breakerState = "half-open" // a few real calls are let through as trials
 )
-
-func (s breakerState) String() string {
-	switch s {
-	case stateClosed:
-		return "closed"
-	case stateOpen:
-		return "open"
-	case stateHalfOpen:
-		return "half-open"
-	}
-	return fmt.Sprintf("breakerState(%d)", int(s))
-}
 
 // openError is what Execute returns when the breaker refuses a call.
 type openError struct {
@@ -39,34 +28,29 @@ func (e *openError) Error() string {
 	return fmt.Sprintf("circuit breaker open; retry after %v", e.RetryAfter)
 }
 
-// breakerSettings configures a breaker. Zero values of the optional fields
-// mean the documented defaults.
-type breakerSettings struct {
+// breakerOptions configure a breaker; every field is required.
+type breakerOptions struct {
 	Threshold  int           // faults that open the breaker …
 	Window     time.Duration // … within this sliding window
 	BackoffMin time.Duration // wait before the first trial after opening
 	BackoffMax time.Duration // the wait doubles after each failed trial, up to this
 
-	// CloseAfter is how many consecutive successful trials close the
-	// breaker; 0 means 3.
-	CloseAfter int
 	// IsFault reports whether a call's error is a fault of what the breaker
 	// guards; other errors (a refusal of a bad request, a caller that left)
-	// neither open nor close it. nil means every error is a fault.
+	// neither open nor close it.
 	IsFault func(error) bool
 	// WaitAtLeast returns how long a fault asks the breaker to wait before
 	// its next trial (an upstream's Retry-After); the wait after opening is
-	// never shorter, up to BackoffMax. nil means no fault asks.
+	// never shorter, up to BackoffMax.
 	WaitAtLeast func(error) time.Duration
-	// Jitter returns a float in [0, 1); nil means math/rand/v2.Float64.
-	// Each wait is the backoff less up to 20%, so that instances that
+	// Jitter returns a float in [0, 1), as math/rand/v2.Float64. Each wait is the backoff less up to 20%, so that instances that
 	// opened together do not probe together.
 	Jitter func() float64
-	// Logger receives one line per state change; nil means slog.Default().
+	// Logger receives one line per state change.
 	Logger *slog.Logger
-	// OnChange, if not nil, is called on every state change, with the
-	// breaker's lock held: it must be quick and must not call the breaker.
-	OnChange func(from, to string)
+	// OnChange is called on every state change, with the breaker's lock
+	// held: it must be quick and must not call the breaker.
+	OnChange func(from, to breakerState)
 }
 
 // breaker is a circuit breaker. Execute is its only way in.
@@ -76,7 +60,7 @@ type breakerSettings struct {
 // one goroutine that waits for the backoff (or for Close), turns the
 // breaker half-open if nothing else has changed it meanwhile, and ends.
 // Half-open, real calls are admitted as trials, one at first and twice as
-// many after each success; CloseAfter consecutive successes close it, and
+// many after each success; closeAfter consecutive successes close it, and
 // any fault opens it again with twice the backoff. No synthetic call is
 // ever made.
 //
@@ -85,9 +69,10 @@ type breakerSettings struct {
 // cannot move the new state. The lock guards only this bookkeeping, never a
 // call.
 type breaker struct {
-	s     breakerSettings
-	quit  chan struct{}  // closed by Close
-	probe sync.WaitGroup // the open period's goroutine, if any
+	s          breakerOptions
+	closeAfter int            // consecutive successful trials that close it: 3
+	quit       chan struct{}  // closed by Close
+	openPeriod sync.WaitGroup // the goroutine that ends the open period, if any
 
 	mu          sync.Mutex // protects the fields below
 	state       breakerState
@@ -104,20 +89,8 @@ type breaker struct {
 }
 
 // newBreaker returns a closed breaker. Call Close to end its goroutine.
-func newBreaker(s breakerSettings) *breaker {
-	if s.CloseAfter <= 0 {
-		s.CloseAfter = 3
-	}
-	if s.IsFault == nil {
-		s.IsFault = func(err error) bool { return err != nil }
-	}
-	if s.Jitter == nil {
-		s.Jitter = rand.Float64
-	}
-	if s.Logger == nil {
-		s.Logger = slog.Default()
-	}
-	return &breaker{s: s, quit: make(chan struct{})}
+func newBreaker(o breakerOptions) *breaker {
+	return &breaker{s: o, closeAfter: 3, quit: make(chan struct{}), state: stateClosed}
 }
 
 // Execute runs call if the breaker admits it, and records how it went;
@@ -130,32 +103,15 @@ func (b *breaker) Execute(call func() error) error {
 	if err != nil {
 		return err
 	}
-	panicking := true
-	defer func() {
-		if panicking {
-			b.record(t, outcomeFault, time.Now(), 0)
-		}
-	}()
+	err = errCallPanicked // what is recorded if call panics
+	defer func() { b.record(t, err, time.Now()) }()
 	err = call()
-	panicking = false
-	switch {
-	case err == nil:
-		b.record(t, outcomeSuccess, time.Now(), 0)
-	case b.s.IsFault(err):
-		var wait time.Duration
-		if b.s.WaitAtLeast != nil {
-			wait = b.s.WaitAtLeast(err)
-		}
-		b.record(t, outcomeFault, time.Now(), wait)
-	default:
-		b.record(t, outcomeNeutral, time.Now(), 0)
-	}
 	return err
 }
 
 // breakerSnapshot is the breaker's state for monitoring.
 type breakerSnapshot struct {
-	State            string
+	State            breakerState
 	Since            time.Time // zero before the first change
 	FailuresInWindow int
 	NextTrial        time.Time // zero unless open
@@ -168,7 +124,7 @@ func (b *breaker) Snapshot() breakerSnapshot {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := breakerSnapshot{
-		State:            b.state.String(),
+		State:            b.state,
 		Since:            b.since,
 		FailuresInWindow: len(b.pruned(now)),
 		TimesOpened:      b.timesOpened,
@@ -190,20 +146,14 @@ func (b *breaker) Close() {
 	b.shut = true
 	b.mu.Unlock()
 	close(b.quit)
-	b.probe.Wait()
+	b.openPeriod.Wait()
 }
 
 // ticket is a call the breaker admitted, in the generation it started in.
 type ticket struct{ generation uint64 }
 
-// callOutcome is what a call tells the breaker.
-type callOutcome int
-
-const (
-	outcomeSuccess callOutcome = iota
-	outcomeFault               // counts against what the breaker guards
-	outcomeNeutral             // says nothing about it (IsFault was false)
-)
+// errCallPanicked is recorded, as a fault, for a call that panicked.
+var errCallPanicked = errors.New("the call panicked")
 
 // admit lets a call through or refuses it with an *openError.
 func (b *breaker) admit(now time.Time) (ticket, error) {
@@ -221,9 +171,17 @@ func (b *breaker) admit(now time.Time) (ticket, error) {
 	return ticket{b.generation}, nil
 }
 
-// record applies the outcome of a call admit let through; a fault that
-// opens the breaker keeps it open at least minWait (within BackoffMax).
-func (b *breaker) record(t ticket, o callOutcome, now time.Time, minWait time.Duration) {
+// record applies the error of a call admit let through: nil is a
+// success, one IsFault judges a fault (as is a panic) counts against what
+// the breaker guards, any other says nothing about it. A fault that opens
+// the breaker keeps it open at least as long as WaitAtLeast asks (within
+// BackoffMax).
+func (b *breaker) record(t ticket, err error, now time.Time) {
+	fault := err == errCallPanicked || err != nil && b.s.IsFault(err)
+	var minWait time.Duration
+	if fault {
+		minWait = b.s.WaitAtLeast(err)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if t.generation != b.generation {
@@ -231,7 +189,7 @@ func (b *breaker) record(t ticket, o callOutcome, now time.Time, minWait time.Du
 	}
 	switch b.state {
 	case stateClosed:
-		if o != outcomeFault {
+		if !fault {
 			return // a success does not erase recent faults
 		}
 		b.faults = append(b.pruned(now), now)
@@ -240,12 +198,12 @@ func (b *breaker) record(t ticket, o callOutcome, now time.Time, minWait time.Du
 		}
 	case stateHalfOpen:
 		b.trialsOut--
-		switch o {
-		case outcomeFault:
+		switch {
+		case fault:
 			b.open(now, "a trial failed", minWait)
-		case outcomeSuccess:
+		case err == nil:
 			b.successes++
-			if b.successes >= b.s.CloseAfter {
+			if b.successes >= b.closeAfter {
 				b.transition(stateClosed, now, fmt.Sprintf("%d trials succeeded", b.successes))
 				return
 			}
@@ -283,7 +241,7 @@ func (b *breaker) open(now time.Time, reason string, minWait time.Duration) {
 		return
 	}
 	generation := b.generation
-	b.probe.Go(func() {
+	b.openPeriod.Go(func() {
 		guard(context.Background(), "breaker open period", func() { b.endOpenPeriod(wait, generation) }, nil)
 	})
 }
@@ -318,12 +276,10 @@ func (b *breaker) transition(to breakerState, now time.Time, reason string) {
 	b.generation++
 	b.faults = nil
 	b.trialsOut, b.successes, b.trialLimit = 0, 0, 1
-	attrs := []any{"from", from.String(), "to", to.String(), "reason", reason}
+	attrs := []any{"from", from, "to", to, "reason", reason}
 	if to == stateOpen {
 		attrs = append(attrs, "next_trial_in", b.nextTrial.Sub(now).Round(time.Millisecond))
 	}
 	b.s.Logger.Info("breaker state changed", attrs...)
-	if b.s.OnChange != nil {
-		b.s.OnChange(from.String(), to.String())
-	}
+	b.s.OnChange(from, to)
 }

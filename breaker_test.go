@@ -28,11 +28,13 @@ var (
 // newTestBreaker returns a breaker with the default settings (3 faults in
 // 30s, backoff 5s to 60s) and a fixed jitter draw.
 func newTestBreaker(t *testing.T, jitter float64) *breaker {
-	b := newBreaker(breakerSettings{
+	b := newBreaker(breakerOptions{
 		Threshold: 3, Window: 30 * time.Second, BackoffMin: 5 * time.Second, BackoffMax: 60 * time.Second,
-		Jitter:  func() float64 { return jitter },
-		IsFault: upstreamFault,
-		Logger:  slog.New(slog.DiscardHandler),
+		Jitter:      func() float64 { return jitter },
+		IsFault:     upstreamFault,
+		WaitAtLeast: func(error) time.Duration { return 0 },
+		Logger:      slog.New(slog.DiscardHandler),
+		OnChange:    func(from, to breakerState) {},
 	})
 	t.Cleanup(b.Close)
 	return b
@@ -79,8 +81,8 @@ func trip(t *testing.T, b *breaker) {
 
 func wantState(t *testing.T, b *breaker, want breakerState) {
 	t.Helper()
-	synctest.Wait() // let the probe goroutine act on what just happened
-	if got := b.Snapshot().State; got != want.String() {
+	synctest.Wait() // let the open period's goroutine act on what just happened
+	if got := b.Snapshot().State; got != want {
 		t.Fatalf("state %s; want %s", got, want)
 	}
 }
@@ -159,13 +161,13 @@ func TestBreakerBackoffDoublesToTheCap(t *testing.T) {
 
 func TestBreakerJitterStaysWithinBounds(t *testing.T) {
 	for _, draw := range []float64{0, 0.5, 0.999999} {
-		b := newBreaker(breakerSettings{Jitter: func() float64 { return draw }})
+		b := newBreaker(breakerOptions{Jitter: func() float64 { return draw }})
 		got := b.jittered(10 * time.Second)
 		if got > 10*time.Second || got < 8*time.Second {
 			t.Errorf("jittered(10s) with draw %v = %v; want within [8s, 10s]", draw, got)
 		}
 	}
-	b := newBreaker(breakerSettings{Jitter: func() float64 { return 0.5 }})
+	b := newBreaker(breakerOptions{Jitter: func() float64 { return 0.5 }})
 	if got := b.jittered(10 * time.Second); got != 9*time.Second {
 		t.Errorf("jittered(10s) with draw 0.5 = %v; want 9s", got)
 	}
@@ -506,7 +508,7 @@ func TestBreakerWaitsAsLongAsTheUpstreamAsked(t *testing.T) {
 func TestBreakerHalfOpenAdmitsOneTwoFour(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBreaker(t, 0)
-		b.s.CloseAfter = 10 // so that the ramp, not closing, is seen
+		b.closeAfter = 10 // so that the ramp, not closing, is seen
 		trip(t, b)
 		time.Sleep(5 * time.Second)
 		admitted := func(n int) (int, []func()) {

@@ -80,7 +80,7 @@ func handleHealth(br *breaker, m *metrics) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s := br.Snapshot()
-		b := breakerJSON{State: s.State, Since: utc(s.Since), FailuresInWindow: s.FailuresInWindow,
+		b := breakerJSON{State: string(s.State), Since: utc(s.Since), FailuresInWindow: s.FailuresInWindow,
 			NextTrialAt: utc(s.NextTrial), TimesOpened: s.TimesOpened}
 		if !s.NextTrial.IsZero() {
 			b.RetryAfterSecs = retrySeconds(time.Until(s.NextTrial))

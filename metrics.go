@@ -42,7 +42,7 @@ type metrics struct {
 	// memoryPools are the memory budget's pools by name; set once, by wire.
 	memoryPools map[string]*memoryPool
 	// breakerState, if set, returns the breaker's state now; set once, by wire.
-	breakerState func() string
+	breakerState func() breakerState
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -158,13 +158,13 @@ func (m *metrics) cacheLookup(result string) {
 }
 
 // breakerChanged is the breaker's OnChange hook.
-func (m *metrics) breakerChanged(from, to string) {
+func (m *metrics) breakerChanged(from, to breakerState) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.transitions[labels{from, to}]++
+	m.transitions[labels{string(from), string(to)}]++
 }
 
 // goroutines is exposed in /health and /metrics so that an operator can see
@@ -199,7 +199,7 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if m.breakerState != nil {
 		fmt.Fprintf(&b, "# HELP eventgate_breaker_state Circuit breaker state: 1 for the current one.\n# TYPE eventgate_breaker_state gauge\n")
 		now := m.breakerState()
-		for _, s := range []string{"closed", "open", "half-open"} {
+		for _, s := range []breakerState{stateClosed, stateOpen, stateHalfOpen} {
 			fmt.Fprintf(&b, "eventgate_breaker_state{state=%q} %d\n", s, boolInt(now == s))
 		}
 	}

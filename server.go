@@ -6,6 +6,7 @@ package main
 
 import (
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -40,13 +41,14 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 	m := newMetrics()
 	answers, reads := newMemoryPool(cfg.MemoryBudget-cfg.MemoryBudget/4), newMemoryPool(cfg.MemoryBudget/4)
 	m.memoryPools = map[string]*memoryPool{"answers": answers, "reads": reads}
-	br := newBreaker(breakerSettings{
+	br := newBreaker(breakerOptions{
 		Threshold:   cfg.BreakerThreshold,
 		Window:      cfg.BreakerWindow,
 		BackoffMin:  cfg.BreakerBackoffMin,
 		BackoffMax:  cfg.BreakerBackoffMax,
 		IsFault:     upstreamFault, // the one place that says what the upstream is to blame for
 		WaitAtLeast: retryAfter,
+		Jitter:      rand.Float64,
 		Logger:      logger,
 		OnChange:    m.breakerChanged,
 	})
@@ -62,7 +64,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		Transport:     transport,
 	})
 	m.hedgeDelays = func() map[string]time.Duration { return up.hedge.delays(time.Now()) }
-	m.breakerState = func() string { return br.Snapshot().State }
+	m.breakerState = func() breakerState { return br.Snapshot().State }
 	cache := newEventCache(cacheOptions{
 		Fetch:        up.Event,
 		TTL:          cfg.EventCacheTTL,

@@ -67,42 +67,25 @@ const maxIDLength = 128
 // length, and a mebibyte for the rest of the user.
 func userBodyLimit(maxEvents int) int64 { return 1<<20 + int64(maxEvents)*(maxIDLength+4) }
 
-// failure classifies why an upstream call did not succeed.
-type failure int
+// failure classifies why an upstream call did not succeed; its value is
+// the outcome label of the call in /metrics.
+type failure string
 
 const (
-	failNotFound    failure = iota + 1 // the upstream answered 404
-	failRejected                       // the upstream answered another 4xx (not 429)
-	failUnavailable                    // the upstream answered 503 or 429
-	failStatus                         // the upstream answered another 5xx, or 1xx
-	failRedirect                       // the upstream answered 3xx, which is never followed
-	failTimeout                        // UPSTREAM_TIMEOUT passed
-	failDeadline                       // the client request's own deadline passed
-	failNetwork                        // no answer: refused, reset, dropped
-	failMalformed                      // an answer that is not the JSON expected
-	failTooLarge                       // an answer past one of eventgate's bounds
-	failUnconfirmed                    // a write answered 2xx without confirming it
-	failCanceled                       // the client went away; nobody is waiting
-	failBusy                           // eventgate's own overload: no slot or memory in time
+	failNotFound    failure = "not_found"   // the upstream answered 404
+	failRejected    failure = "rejected"    // the upstream answered another 4xx (not 429)
+	failUnavailable failure = "unavailable" // the upstream answered 503 or 429
+	failStatus      failure = "bad_status"  // the upstream answered another 5xx, or 1xx
+	failRedirect    failure = "redirect"    // the upstream answered 3xx, which is never followed
+	failTimeout     failure = "timeout"     // UPSTREAM_TIMEOUT passed
+	failDeadline    failure = "deadline"    // the client request's own deadline passed
+	failNetwork     failure = "network"     // no answer: refused, reset, dropped
+	failMalformed   failure = "malformed"   // an answer that is not the JSON expected
+	failTooLarge    failure = "too_large"   // an answer past one of eventgate's bounds
+	failUnconfirmed failure = "unconfirmed" // a write answered 2xx without confirming it
+	failCanceled    failure = "canceled"    // the client went away; nobody is waiting
+	failBusy        failure = "busy"        // eventgate's own overload: no slot or memory in time
 )
-
-var failureNames = map[failure]string{
-	failNotFound:    "not_found",
-	failRejected:    "rejected",
-	failUnavailable: "unavailable",
-	failStatus:      "bad_status",
-	failRedirect:    "redirect",
-	failTimeout:     "timeout",
-	failDeadline:    "deadline",
-	failNetwork:     "network",
-	failMalformed:   "malformed",
-	failTooLarge:    "too_large",
-	failUnconfirmed: "unconfirmed",
-	failCanceled:    "canceled",
-	failBusy:        "busy",
-}
-
-func (f failure) String() string { return failureNames[f] }
 
 // upstreamError is the error of every failed upstream call.
 type upstreamError struct {
@@ -812,7 +795,7 @@ func outcome(err error) string {
 	case err == nil:
 		return "ok"
 	case errors.As(err, &ue):
-		return ue.Kind.String()
+		return string(ue.Kind)
 	}
 	return "error"
 }
