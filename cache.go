@@ -67,7 +67,7 @@ type cacheOptions struct {
 	TTL          time.Duration                                // how long an event is fresh; 0: cache nothing
 	MaxBytes     int64                                        // bytes cached at most (ids and JSON, plus entryOverhead each); 0: no bound
 	MaxRefreshes int                                          // stale events refetched at once at most
-	Metrics      *metrics                                     // may be nil
+	Metrics      *metrics
 }
 
 func newEventCache(o cacheOptions) *eventCache {
@@ -95,7 +95,7 @@ func (c *eventCache) peek(ctx context.Context, id string, now time.Time) (event,
 	if result == "" {
 		return event{}, false
 	}
-	c.Metrics.cacheLookup(result)
+	c.Metrics.count(c.Metrics.cache, labels{result})
 	return ev, true
 }
 
@@ -133,18 +133,18 @@ func (c *eventCache) Get(ctx context.Context, id string) (event, error) {
 	c.mu.Unlock()
 	switch result {
 	case "missing":
-		c.Metrics.cacheLookup(result)
+		c.Metrics.count(c.Metrics.cache, labels{result})
 		return event{}, &upstreamError{Op: "getEventById", Kind: failNotFound}
 	case "hit", "stale":
-		c.Metrics.cacheLookup(result)
+		c.Metrics.count(c.Metrics.cache, labels{result})
 		return ev, nil
 	}
 	ev, err, joined := c.lookups.Do(ctx, id, c.fetch)
+	result = "miss"
 	if joined {
-		c.Metrics.cacheLookup("coalesced")
-	} else {
-		c.Metrics.cacheLookup("miss")
+		result = "coalesced"
 	}
+	c.Metrics.count(c.Metrics.cache, labels{result})
 	return ev, err
 }
 

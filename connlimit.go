@@ -27,7 +27,7 @@ import (
 type connLimiter struct {
 	net.Listener
 	max     int
-	metrics *metrics // may be nil
+	metrics *metrics
 
 	mu        sync.Mutex // protects the fields below and every limitedConn's element
 	open      int        // connections counted
@@ -94,7 +94,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			if front == nil {
 				l.mu.Unlock()
 				c.Close()
-				l.metrics.connectionRefused()
+				l.metrics.clientRefused.Add(1)
 				continue
 			}
 			victim = front.Value.(*limitedConn)
@@ -103,11 +103,11 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		lc := &limitedConn{Conn: c, l: l, counted: true}
 		l.open++
 		l.setWaiting(lc, true)
-		l.metrics.connectionsOpen(l.open)
+		l.metrics.clientConns.Store(int64(l.open))
 		l.mu.Unlock()
 		if victim != nil {
 			victim.Conn.Close() // the server sees its connection end
-			l.metrics.idleConnectionClosed()
+			l.metrics.clientIdleEvicted.Add(1)
 		}
 		return lc, nil
 	}
@@ -133,7 +133,7 @@ func (l *connLimiter) forget(c *limitedConn) {
 	l.setWaiting(c, false)
 	c.counted = false
 	l.open--
-	l.metrics.connectionsOpen(l.open)
+	l.metrics.clientConns.Store(int64(l.open))
 }
 
 // track is the server's ConnState hook.

@@ -19,9 +19,9 @@ type eventLoader struct {
 // loaderOptions configure an eventLoader.
 type loaderOptions struct {
 	Cache    *eventCache
-	Limit    int      // lookups in flight for one Load, FANOUT_LIMIT
-	MaxBytes int64    // the events one answer holds, in bytes, MAX_RESPONSE_BYTES; 0: no bound
-	Metrics  *metrics // may be nil
+	Limit    int   // lookups in flight for one Load, FANOUT_LIMIT
+	MaxBytes int64 // the events one answer holds, in bytes, MAX_RESPONSE_BYTES; 0: no bound
+	Metrics  *metrics
 }
 
 func newEventLoader(o loaderOptions) *eventLoader { return &eventLoader{o} }
@@ -150,9 +150,7 @@ func (lo *leftOut) log(ctx context.Context, userID string, m *metrics) {
 	if lo.nMissing == 0 && lo.nOther == 0 {
 		return
 	}
-	for range lo.nOther {
-		m.foreignEventWithheld()
-	}
+	m.foreignWithheld.Add(uint64(lo.nOther))
 	loggerFrom(ctx).WarnContext(ctx, "user lists events left out of the answer",
 		"user_id", userID,
 		"missing_upstream", lo.nMissing, "missing_ids", lo.missing,

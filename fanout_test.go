@@ -334,7 +334,7 @@ func TestFanoutReusesConnections(t *testing.T) {
 	m := newMetrics()
 	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(loaderOptions{Cache: newEventCache(cacheOptions{Fetch: up.Event}), Limit: 100})
+	loader := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: up.Event}), Limit: 100})
 	for range 20 {
 		events, err := loader.Load(t.Context(), "u", api.users["u"], nil)
 		if err != nil || len(events) != 50 {
@@ -359,9 +359,9 @@ func countingLoader(t *testing.T) (*eventLoader, *atomic.Int64) {
 		fetches.Add(1)
 		return event{JSON: json.RawMessage(`{}`), UserID: "u"}, nil
 	}
-	c := newEventCache(cacheOptions{Fetch: fetch, TTL: time.Hour})
+	c := newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: fetch, TTL: time.Hour})
 	t.Cleanup(c.Close)
-	return newEventLoader(loaderOptions{Cache: c, Limit: 10}), &fetches
+	return newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: c, Limit: 10}), &fetches
 }
 
 // TestLoadAfterTheContextEndedLooksNothingUp: a load whose request has
@@ -453,17 +453,17 @@ func TestMissingEventsAreRememberedAndSummarised(t *testing.T) {
 // the cache, an answer past MaxBytes still fails, without a lookup.
 func TestCachedEventsCountTowardTheAnswerBound(t *testing.T) {
 	var fetches atomic.Int32
-	cache := newEventCache(cacheOptions{TTL: time.Minute, MaxRefreshes: 1,
+	cache := newEventCache(cacheOptions{Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
 		Fetch: func(_ context.Context, id string) (event, error) {
 			fetches.Add(1)
 			return event{JSON: json.RawMessage(`{"id":"` + id + `","details":"` + strings.Repeat("x", 1000) + `"}`), UserID: "u"}, nil
 		}})
 	defer cache.Close()
 	ids := []string{"a", "b", "c"}
-	if _, err := newEventLoader(loaderOptions{Cache: cache, Limit: 10}).Load(t.Context(), "u", ids, nil); err != nil {
+	if _, err := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: cache, Limit: 10}).Load(t.Context(), "u", ids, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err := newEventLoader(loaderOptions{Cache: cache, Limit: 10, MaxBytes: 2500}).Load(t.Context(), "u", ids, nil)
+	_, err := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: cache, Limit: 10, MaxBytes: 2500}).Load(t.Context(), "u", ids, nil)
 	var ue *upstreamError
 	if !errors.As(err, &ue) || ue.Kind != failTooLarge || fetches.Load() != 3 {
 		t.Errorf("three cached events of 1 KB under a 2,500-byte bound = %v after %d lookups; want too large, no more lookups", err, fetches.Load())

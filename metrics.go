@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,22 +18,23 @@ import (
 var durationBuckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
 
 // metrics collects what GET /metrics exposes, in the Prometheus text format,
-// with no library. Every method is safe on a nil *metrics, which records
-// nothing, so that code under test needs none.
+// with no library. Every part of eventgate that counts is given one; it is
+// safe for concurrent use.
 type metrics struct {
 	mu          sync.Mutex            // protects the maps
-	requests    map[labels]uint64     // route, code
+	requests    map[labels]uint64     // route, code; every map is written through count or observe
 	reqDuration map[labels]*histogram // route
 	upDuration  map[labels]*histogram // call, outcome
 	cache       map[labels]uint64     // result
 	transitions map[labels]uint64     // from, to
-	inflight    atomic.Int64          // upstream calls in flight
-	dials       atomic.Uint64         // upstream connections opened
-	foreign     atomic.Uint64         // events withheld: another user's
-	connsOpen   atomic.Int64          // client connections open
-	connsRefuse atomic.Uint64         // client connections closed at once: over the cap, none idle
-	connsIdle   atomic.Uint64         // idle client connections closed to make room
 	hedges      map[labels]uint64     // call, result (sent, won)
+
+	upstreamInflight  atomic.Int64  // upstream calls in flight
+	upstreamDials     atomic.Uint64 // upstream connections opened
+	foreignWithheld   atomic.Uint64 // events withheld: another user's
+	clientConns       atomic.Int64  // client connections open
+	clientRefused     atomic.Uint64 // client connections closed at once: over the cap, none idle
+	clientIdleEvicted atomic.Uint64 // idle client connections closed to make room
 
 	// hedgeDelays, if set, returns the current hedge delay of each call
 	// kind; set once, by wire.
@@ -65,111 +65,28 @@ func newMetrics() *metrics {
 	}
 }
 
-func (h *histogram) observe(v float64) {
-	i, _ := slices.BinarySearch(durationBuckets, v)
-	h.counts[i]++
-	h.sum += v
-	h.count++
+// count adds one to the series l of the counter family series (one of m's
+// maps).
+func (m *metrics) count(series map[labels]uint64, l labels) {
+	m.mu.Lock()
+	series[l]++
+	m.mu.Unlock()
 }
 
-func observe(m map[labels]*histogram, l labels, d time.Duration) {
-	h := m[l]
+// observe adds d to the series l of the histogram family series.
+func (m *metrics) observe(series map[labels]*histogram, l labels, d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := series[l]
 	if h == nil {
 		h = &histogram{counts: make([]uint64, len(durationBuckets)+1)}
-		m[l] = h
+		series[l] = h
 	}
-	h.observe(d.Seconds())
+	i, _ := slices.BinarySearch(durationBuckets, d.Seconds())
+	h.counts[i]++
+	h.sum += d.Seconds()
+	h.count++
 }
-
-func (m *metrics) observeRequest(route string, code int, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.requests[labels{route, strconv.Itoa(code)}]++
-	observe(m.reqDuration, labels{route}, d)
-}
-
-func (m *metrics) observeUpstream(call, outcome string, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	observe(m.upDuration, labels{call, outcome}, d)
-}
-
-func (m *metrics) upstreamInflight(delta int64) {
-	if m != nil {
-		m.inflight.Add(delta)
-	}
-}
-
-func (m *metrics) connectionDialed() {
-	if m != nil {
-		m.dials.Add(1)
-	}
-}
-
-func (m *metrics) foreignEventWithheld() {
-	if m != nil {
-		m.foreign.Add(1)
-	}
-}
-
-func (m *metrics) hedgeSent(call string) { m.countHedge(call, "sent") }
-func (m *metrics) hedgeWon(call string)  { m.countHedge(call, "won") }
-
-func (m *metrics) countHedge(call, result string) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.hedges[labels{call, result}]++
-}
-
-func (m *metrics) connectionsOpen(n int) {
-	if m != nil {
-		m.connsOpen.Store(int64(n))
-	}
-}
-
-func (m *metrics) connectionRefused() {
-	if m != nil {
-		m.connsRefuse.Add(1)
-	}
-}
-
-func (m *metrics) idleConnectionClosed() {
-	if m != nil {
-		m.connsIdle.Add(1)
-	}
-}
-
-func (m *metrics) cacheLookup(result string) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.cache[labels{result}]++
-}
-
-// breakerChanged is the breaker's OnChange hook.
-func (m *metrics) breakerChanged(from, to breakerState) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.transitions[labels{string(from), string(to)}]++
-}
-
-// goroutines is exposed in /health and /metrics so that an operator can see
-// a leak as it grows.
-func (m *metrics) goroutines() int { return runtime.NumGoroutine() }
 
 // ServeHTTP writes every metric in the Prometheus text exposition format.
 func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -203,12 +120,12 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(&b, "eventgate_breaker_state{state=%q} %d\n", s, boolInt(now == s))
 		}
 	}
-	fmt.Fprintf(&b, "# HELP eventgate_upstream_inflight Upstream calls in flight.\n# TYPE eventgate_upstream_inflight gauge\neventgate_upstream_inflight %d\n", m.inflight.Load())
-	fmt.Fprintf(&b, "# HELP eventgate_upstream_connections_opened_total Upstream TCP connections dialed.\n# TYPE eventgate_upstream_connections_opened_total counter\neventgate_upstream_connections_opened_total %d\n", m.dials.Load())
-	fmt.Fprintf(&b, "# HELP eventgate_foreign_events_withheld_total Events left out of an answer because the upstream says they belong to another user.\n# TYPE eventgate_foreign_events_withheld_total counter\neventgate_foreign_events_withheld_total %d\n", m.foreign.Load())
-	fmt.Fprintf(&b, "# HELP eventgate_client_connections Client connections open.\n# TYPE eventgate_client_connections gauge\neventgate_client_connections %d\n", m.connsOpen.Load())
-	fmt.Fprintf(&b, "# HELP eventgate_client_connections_refused_total Client connections closed at once: MAX_CONNECTIONS were open and none was idle.\n# TYPE eventgate_client_connections_refused_total counter\neventgate_client_connections_refused_total %d\n", m.connsRefuse.Load())
-	fmt.Fprintf(&b, "# HELP eventgate_client_connections_idle_closed_total Idle keep-alive client connections closed to make room for a new one at MAX_CONNECTIONS.\n# TYPE eventgate_client_connections_idle_closed_total counter\neventgate_client_connections_idle_closed_total %d\n", m.connsIdle.Load())
+	family(&b, "eventgate_upstream_inflight", "gauge", "Upstream calls in flight.", float64(m.upstreamInflight.Load()))
+	family(&b, "eventgate_upstream_connections_opened_total", "counter", "Upstream TCP connections dialed.", float64(m.upstreamDials.Load()))
+	family(&b, "eventgate_foreign_events_withheld_total", "counter", "Events left out of an answer because the upstream says they belong to another user.", float64(m.foreignWithheld.Load()))
+	family(&b, "eventgate_client_connections", "gauge", "Client connections open.", float64(m.clientConns.Load()))
+	family(&b, "eventgate_client_connections_refused_total", "counter", "Client connections closed at once: MAX_CONNECTIONS were open and none was idle.", float64(m.clientRefused.Load()))
+	family(&b, "eventgate_client_connections_idle_closed_total", "counter", "Idle keep-alive client connections closed to make room for a new one at MAX_CONNECTIONS.", float64(m.clientIdleEvicted.Load()))
 	if m.memoryPools != nil {
 		pools := slices.Sorted(maps.Keys(m.memoryPools))
 		fmt.Fprintf(&b, "# HELP eventgate_memory_budget_bytes The memory budget for requests in flight (MEMORY_BUDGET), by pool.\n# TYPE eventgate_memory_budget_bytes gauge\n")

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -142,7 +143,8 @@ func withAccessLog(m *metrics) middleware {
 				route = "unmatched"
 			}
 			d := time.Since(start)
-			m.observeRequest(route, rec.status(), d)
+			m.count(m.requests, labels{route, strconv.Itoa(rec.status())})
+			m.observe(m.reqDuration, labels{route}, d)
 			loggerFrom(r.Context()).LogAttrs(r.Context(), slog.LevelInfo, "request",
 				slog.String("method", r.Method),
 				slog.String("route", route),

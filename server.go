@@ -50,7 +50,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		WaitAtLeast: retryAfter,
 		Jitter:      rand.Float64,
 		Logger:      logger,
-		OnChange:    m.breakerChanged,
+		OnChange:    func(from, to breakerState) { m.count(m.transitions, labels{string(from), string(to)}) },
 	})
 	up := newUpstream(upstreamOptions{
 		BaseURL:       upstreamURL,
@@ -100,7 +100,7 @@ func routes(cfg config, s services) []route {
 		{"GET /getEvents", handleList(s.up.Events, s.answers, cfg.UpstreamTimeout)},
 		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader, s.answers)},
 		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids, s.loader, s.answers))},
-		{"GET /health", handleHealth(s.breaker, s.metrics)},
+		{"GET /health", handleHealth(s.breaker)},
 		{"GET /ready", handleReady(s.ready)},
 		{"GET /metrics", s.metrics},
 	}

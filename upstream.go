@@ -185,7 +185,7 @@ type upstream struct {
 	hedge         *hedgePolicy   // for idempotent reads; nil: none
 	reads         *memoryPool    // bodies being read, for the whole process; nil: unbounded
 	running       sync.WaitGroup // hedges in flight, waited for by Close
-	metrics       *metrics       // may be nil
+	metrics       *metrics
 }
 
 // upstreamOptions configures newUpstream. Zero values of the optional
@@ -198,7 +198,7 @@ type upstreamOptions struct {
 	MaxRetryAfter time.Duration // the longest Retry-After passed on; 0 means 60s
 	Hedge         *hedgePolicy  // when reads are hedged; nil: never
 	Reads         *memoryPool   // the memory budget's pool for bodies being read; nil: unbounded
-	Metrics       *metrics      // nil records nothing
+	Metrics       *metrics
 	Transport     http.RoundTripper
 }
 
@@ -248,7 +248,7 @@ func newTransport(maxInflight int, m *metrics) *http.Transport {
 	return &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			m.connectionDialed()
+			m.upstreamDials.Add(1)
 			return dialer.DialContext(ctx, network, addr)
 		},
 		// HTTP/1.1 only: HTTP/2 re-sends a request by itself after a GOAWAY,
@@ -493,13 +493,13 @@ func (u *upstream) hedged(ctx context.Context, op, path string, limit int64, hed
 			}
 			return nil, false
 		}
-		u.metrics.hedgeSent(op)
+		u.metrics.count(u.metrics.hedges, labels{op, "sent"})
 		return release, true
 	}
 	send := func() ([]byte, error) { return u.send(ctx, op, http.MethodGet, path, nil, limit) }
 	body, won, err := runHedged(ctx, cancel, delay, send, start, &u.running)
 	if won {
-		u.metrics.hedgeWon(op)
+		u.metrics.count(u.metrics.hedges, labels{op, "won"})
 	}
 	return body, err
 }
@@ -562,12 +562,12 @@ func (u *upstream) send(ctx context.Context, op, method, path string, body []byt
 	if !maySend(ctx) {
 		return nil, &upstreamError{Op: op, Kind: failCanceled, Unsent: true, Err: errNobodyWaiting}
 	}
-	u.metrics.upstreamInflight(1)
-	defer u.metrics.upstreamInflight(-1)
+	u.metrics.upstreamInflight.Add(1)
+	defer u.metrics.upstreamInflight.Add(-1)
 	start := time.Now()
 	out, err := u.roundTrip(ctx, op, method, path, body, limit)
 	took := time.Since(start)
-	u.metrics.observeUpstream(op, outcome(err), took)
+	u.metrics.observe(u.metrics.upDuration, labels{op, outcome(err)}, took)
 	if err == nil {
 		u.hedge.observe(op, took, start.Add(took))
 	}
