@@ -332,7 +332,7 @@ func TestFanoutReusesConnections(t *testing.T) {
 	defer srv.Close()
 
 	m := newMetrics()
-	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
+	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m, Retry: noRetry()})
 	defer up.client.CloseIdleConnections()
 	loader := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: up.Event}), Limit: 100})
 	for range 20 {

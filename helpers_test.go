@@ -309,3 +309,8 @@ func startProcess(tb testing.TB, args string, env ...string) string {
 	}
 	return "http://127.0.0.1:" + m[1]
 }
+
+// noRetry is a retry policy that makes each call once.
+func noRetry() retryPolicy {
+	return retryPolicy{Attempts: 1, Budget: newRetryBudget(0, 0, time.Second), Jitter: func() float64 { return 0 }}
+}

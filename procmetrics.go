@@ -16,12 +16,9 @@ import (
 // The standard process_* and go_* series, under the names Prometheus's Go
 // client gives them, so that dashboards and alerts made for any Go service
 // work for eventgate too, with no dependency. They are read when scraped:
-// from the runtime, getrusage and getrlimit, and /proc (Linux); a series
+// from the runtime, getrusage and getrlimit, and /proc (Linux); the start
+// time is when the package was initialised; a series
 // that cannot be read on this system is left out.
-
-// clockTicks is USER_HZ, the unit of /proc/self/stat's times: 100 on every
-// Linux platform Go supports (the Go client assumes the same).
-const clockTicks = 100
 
 // writeProcessMetrics appends the process_* and go_* series to b.
 func writeProcessMetrics(b *bytes.Buffer) {
@@ -41,9 +38,7 @@ func writeProcessMetrics(b *bytes.Buffer) {
 	if max := fileLimit(); max > 0 {
 		family(b, "process_max_fds", "gauge", "Maximum number of open file descriptors.", float64(max))
 	}
-	if start, ok := processStart(); ok {
-		family(b, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", float64(start.UnixNano())/1e9)
-	}
+	family(b, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", float64(processStarted.UnixNano())/1e9)
 
 	family(b, "go_goroutines", "gauge", "Number of goroutines that currently exist.", float64(runtime.NumGoroutine()))
 	threads, _ := runtime.ThreadCreateProfile(nil)
@@ -90,35 +85,9 @@ func memoryPages() (vsize, rss uint64, ok bool) {
 	return vsize, rss, err1 == nil && err2 == nil
 }
 
-// processStart reads when the process started: its start in clock ticks
-// after boot (/proc/self/stat) plus the boot time (/proc/stat).
-func processStart() (time.Time, bool) {
-	stat, err1 := os.ReadFile("/proc/self/stat")
-	system, err2 := os.ReadFile("/proc/stat")
-	if err1 != nil || err2 != nil {
-		return time.Time{}, false
-	}
-	// The command name, field 2, may hold spaces: count fields after it.
-	rest := stat[bytes.LastIndexByte(stat, ')')+1:]
-	f := strings.Fields(string(rest))
-	if len(f) < 20 {
-		return time.Time{}, false
-	}
-	ticks, err := strconv.ParseUint(f[19], 10, 64) // field 22, starttime
-	if err != nil {
-		return time.Time{}, false
-	}
-	for _, line := range strings.Split(string(system), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			boot, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				return time.Time{}, false
-			}
-			return time.Unix(boot, 0).Add(time.Duration(ticks) * time.Second / clockTicks), true
-		}
-	}
-	return time.Time{}, false
-}
+// processStarted is when the process started, as near as Go can see it:
+// when this package was initialised, before main.
+var processStarted = time.Now()
 
 // fileLimit returns the process's limit on open files (the Go runtime
 // raises the soft limit to the hard one at start), or 0 if it is unknown.

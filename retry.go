@@ -13,14 +13,14 @@ import (
 type retryPolicy struct {
 	Attempts  int            // tries in all, the first included; below 2, no retry
 	BaseDelay time.Duration  // before the first retry; doubles after each, jittered
-	Budget    *retryBudget   // bounds retries across all requests; nil: no bound
-	Jitter    func() float64 // in [0, 1); nil means math/rand/v2.Float64
+	Budget    *retryBudget   // bounds retries across all requests
+	Jitter    func() float64 // in [0, 1), as math/rand/v2.Float64
 }
 
 // defaultRetryPolicy tries three times, 10-20 ms then 20-40 ms apart, with
 // retries at most 10% of requests (plus 10 per window for quiet times).
 func defaultRetryPolicy() retryPolicy {
-	return retryPolicy{Attempts: 3, BaseDelay: 20 * time.Millisecond, Budget: newRetryBudget(0.1, 10, 10*time.Second)}
+	return retryPolicy{Attempts: 3, BaseDelay: 20 * time.Millisecond, Budget: newRetryBudget(0.1, 10, 10*time.Second), Jitter: rand.Float64}
 }
 
 // do calls call, and again while retryable says its failure may pass, the
@@ -28,17 +28,13 @@ func defaultRetryPolicy() retryPolicy {
 // last result.
 func (p retryPolicy) do(ctx context.Context, call func() ([]byte, error), retryable func(error) bool) ([]byte, error) {
 	p.Budget.deposit(time.Now())
-	jitter := p.Jitter
-	if jitter == nil {
-		jitter = rand.Float64
-	}
 	delay := p.BaseDelay
 	for attempt := 1; ; attempt++ {
 		body, err := call()
 		if err == nil || attempt >= p.Attempts || !retryable(err) {
 			return body, err
 		}
-		wait := delay/2 + time.Duration(jitter()*float64(delay/2))
+		wait := delay/2 + time.Duration(p.Jitter()*float64(delay/2))
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= wait {
 			return body, err
 		}
@@ -94,9 +90,6 @@ func (b *retryBudget) current(now time.Time) *budgetSlot {
 
 // deposit counts one request.
 func (b *retryBudget) deposit(now time.Time) {
-	if b == nil {
-		return
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.current(now).requests++
@@ -104,9 +97,6 @@ func (b *retryBudget) deposit(now time.Time) {
 
 // withdraw takes one retry from the budget, if the window has one left.
 func (b *retryBudget) withdraw(now time.Time) bool {
-	if b == nil {
-		return true
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cur := b.current(now)

@@ -150,7 +150,7 @@ func TestRetryPolicyBacksOffWithJitterWithinTheDeadline(t *testing.T) {
 				ctx, cancel = context.WithCancel(ctx)
 				time.AfterFunc(tt.cancelAt, cancel)
 			}
-			p := retryPolicy{Attempts: 3, BaseDelay: 20 * ms, Jitter: func() float64 { return tt.jitter }}
+			p := retryPolicy{Attempts: 3, BaseDelay: 20 * ms, Budget: newRetryBudget(1, 10, time.Second), Jitter: func() float64 { return tt.jitter }}
 			attempts, returned := attemptTimes(ctx, p, network)
 			if fmt.Sprint(attempts) != tt.attempts || returned != tt.returnsAt {
 				t.Errorf("%s: attempts at %v, returned at %v; want %s, %v", tt.name, attempts, returned, tt.attempts, tt.returnsAt)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -213,19 +214,8 @@ func scanValue(d []byte, i int) (int, error) {
 
 // hex4 reads four hexadecimal digits, which valid JSON guarantees.
 func hex4(b []byte) rune {
-	var r rune
-	for _, c := range b {
-		switch {
-		case c >= '0' && c <= '9':
-			c -= '0'
-		case c >= 'a' && c <= 'f':
-			c -= 'a' - 10
-		default:
-			c -= 'A' - 10
-		}
-		r = r<<4 | rune(c)
-	}
-	return r
+	r, _ := strconv.ParseUint(string(b), 16, 16)
+	return rune(r)
 }
 
 // unquote returns the string a JSON string literal (already scanned) holds.

@@ -158,7 +158,7 @@ func TestUpstreamErrorsAreClassified(t *testing.T) {
 	}
 	for _, tt := range tests {
 		synctest.Test(t, func(t *testing.T) {
-			up := newUpstream(upstreamOptions{Metrics: newMetrics(), BaseURL: "http://x", Timeout: time.Second, MaxInflight: 1,
+			up := newUpstream(upstreamOptions{Metrics: newMetrics(), Retry: noRetry(), BaseURL: "http://x", Timeout: time.Second, MaxInflight: 1,
 				Transport: &handlerTransport{h: statusUpstream(tt.status, "text/plain", "")}})
 			err := up.AddEvent(t.Context(), newEvent{ID: "e", Name: "n", UserID: "1"})
 			var ue *upstreamError
@@ -534,7 +534,7 @@ func TestUpstreamIDsStayInTheirSegment(t *testing.T) {
 	rec.HandleFunc("GET /getEventById/{id}", record)
 	rec.HandleFunc("/", record)
 	g := newTestGateway(t, rec, nil)
-	up := newUpstream(upstreamOptions{Metrics: newMetrics(), BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1, Transport: g.transport})
+	up := newUpstream(upstreamOptions{Metrics: newMetrics(), Retry: noRetry(), BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1, Transport: g.transport})
 
 	for _, id := range []string{"../addEvent", "1/../../getUsers", "%2F", "a?b=c", "a#b", "a b"} {
 		seen = nil
@@ -678,7 +678,7 @@ func TestAWriteThatWaitedTooLongIsNotSent(t *testing.T) {
 func TestAnEventKeepsNoLargerBuffer(t *testing.T) {
 	pad := strings.Repeat(" ", 120_000)
 	for _, chunked := range []bool{false, true} {
-		up := newUpstream(upstreamOptions{Metrics: newMetrics(), BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1,
+		up := newUpstream(upstreamOptions{Metrics: newMetrics(), Retry: noRetry(), BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1,
 			Transport: &handlerTransport{h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if chunked {
 					w.(http.Flusher).Flush()
