@@ -64,7 +64,7 @@ type breakerOptions struct {
 // any fault opens it again with twice the backoff. No synthetic call is
 // ever made.
 //
-// Each state change starts a generation, and a call's outcome counts only
+// Each state change starts a generation, and a call's error counts only
 // in the generation it started in, so a slow call from before a change
 // cannot move the new state. The lock guards only this bookkeeping, never a
 // call.
@@ -95,7 +95,7 @@ func newBreaker(o breakerOptions) *breaker {
 
 // Execute runs call if the breaker admits it, and records how it went;
 // refused, it returns an *openError that says when to come back. Whatever
-// call does, its outcome is recorded: an error as IsFault judges it, and a
+// call does, its error is recorded (record says how it counts), and a
 // panic as a fault, after which the panic goes on to the caller. So no call
 // can leave a trial slot taken.
 func (b *breaker) Execute(call func() error) error {

@@ -164,8 +164,8 @@ func (l *latencies) percentile(q float64, now time.Time) (time.Duration, int) {
 	return bucketBound(bucketCount - 1), n
 }
 
-// hedgeOutcome is what the second call of runHedged came to.
-type hedgeOutcome[T any] struct {
+// secondCall is what the second call of runHedged came to.
+type secondCall[T any] struct {
 	v       T
 	err     error
 	skipped bool // no second call was made
@@ -180,12 +180,12 @@ type hedgeOutcome[T any] struct {
 // is the second call's error, never the process's end.
 func runHedged[T any](ctx context.Context, cancel context.CancelFunc, delay time.Duration,
 	call func() (T, error), start func() (release func(), ok bool), running *sync.WaitGroup) (v T, won bool, err error) {
-	second := make(chan hedgeOutcome[T], 1)
+	second := make(chan secondCall[T], 1)
 	timer := time.AfterFunc(delay, func() {
 		started := false
 		defer func() {
 			if !started {
-				second <- hedgeOutcome[T]{skipped: true}
+				second <- secondCall[T]{skipped: true}
 			}
 		}()
 		guard(ctx, "hedge timer", func() {
@@ -199,7 +199,7 @@ func runHedged[T any](ctx context.Context, cancel context.CancelFunc, delay time
 			started = true
 			running.Go(func() {
 				defer release()
-				var h hedgeOutcome[T]
+				var h secondCall[T]
 				defer func() { second <- h }()
 				guard(ctx, "hedge", func() {
 					h.v, h.err = call()

@@ -505,7 +505,7 @@ func (u *upstream) hedged(ctx context.Context, op, path string, limit int64, hed
 }
 
 // call makes one upstream call and returns the body of a 2xx answer, at
-// most limit bytes. Every other outcome is an *upstreamError. It first
+// most limit bytes. Every other answer is an *upstreamError. It first
 // waits for one of the process's slots, under ctx: UPSTREAM_TIMEOUT starts
 // only once the call is sent. A write is sent only while its whole
 // UPSTREAM_TIMEOUT fits in ctx's deadline, checked after that wait.
@@ -788,7 +788,8 @@ func parseRetryAfter(v string, now time.Time, ceiling time.Duration) time.Durati
 	return min(ceiling, max(d, time.Second))
 }
 
-// outcome names the result of a call for metrics: "ok" or the failure kind.
+// outcome is the one word for how an upstream call ended, the label of
+// /metrics: "ok" or its failure kind.
 func outcome(err error) string {
 	var ue *upstreamError
 	switch {
