@@ -563,3 +563,23 @@ func TestBreakerForgetsOldFaultsWhenItCloses(t *testing.T) {
 		}
 	})
 }
+
+// TestAPanicInTheOpenPeriodsGoroutine: when the goroutine that ends an open
+// period panics (here in the OnChange hook, as it turns the breaker
+// half-open), the panic is logged and that goroutine ends; the breaker
+// keeps admitting trials, and Close still returns.
+func TestAPanicInTheOpenPeriodsGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBreaker(t, 0)
+		b.s.OnChange = func(from, to breakerState) {
+			if to == stateHalfOpen {
+				panic("on purpose")
+			}
+		}
+		trip(t, b)
+		time.Sleep(5 * time.Second)
+		wantState(t, b, stateHalfOpen)
+		call(t, b, nil) // a trial is admitted, and recorded
+		b.Close()
+	})
+}

@@ -469,3 +469,27 @@ func TestCachedEventsCountTowardTheAnswerBound(t *testing.T) {
 		t.Errorf("three cached events of 1 KB under a 2,500-byte bound = %v after %d lookups; want too large, no more lookups", err, fetches.Load())
 	}
 }
+
+// TestAPanicInAFanoutWorkerFailsOnlyItsLoad: a lookup that panics on a
+// fan-out worker's own goroutine (after Close, the cache looks up on its
+// caller's goroutine) fails that load with an error; the other workers
+// end, and the next load is answered.
+func TestAPanicInAFanoutWorkerFailsOnlyItsLoad(t *testing.T) {
+	checkGoroutines(t)
+	c := newEventCache(cacheOptions{Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
+		Fetch: func(_ context.Context, id string) (event, error) {
+			if id == "bad" {
+				panic("on purpose")
+			}
+			return event{JSON: json.RawMessage(`{}`), UserID: "u"}, nil
+		}})
+	c.Close()
+	l := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: c, Limit: 4})
+	ids := []string{"a", "b", "bad", "c", "d", "e"}
+	if _, err := l.Load(t.Context(), "u", ids, nil); err == nil || !strings.Contains(err.Error(), "on purpose") {
+		t.Errorf("a load whose lookup panicked = %v; want the panic as its error", err)
+	}
+	if events, err := l.Load(t.Context(), "u", []string{"a", "b"}, nil); err != nil || len(events) != 2 {
+		t.Errorf("the next load = %d events, %v; want 2, nil", len(events), err)
+	}
+}

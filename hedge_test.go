@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -256,4 +258,46 @@ func TestOneHedgePerRead(t *testing.T) {
 			t.Errorf("upstream saw %d calls for one read; want 4: three attempts and one hedge", n)
 		}
 	})
+}
+
+// TestAHedgeThatFailsBadlyLeavesTheFirstCall: whether the hedge's own
+// call panics or the timer's check before sending it does, runHedged
+// returns the first call's result (its failure included, without hanging
+// on a hedge that never answers), and every goroutine it started ends.
+func TestAHedgeThatFailsBadlyLeavesTheFirstCall(t *testing.T) {
+	errFirst := errors.New("the first call failed")
+	for _, tt := range []struct {
+		name       string
+		secondCall bool // the hedge's call panics; else its start check does
+		firstErr   error
+	}{
+		{"hedge panics, first succeeds", true, nil},
+		{"hedge panics, first fails", true, errFirst},
+		{"start check panics, first fails", false, errFirst},
+	} {
+		synctest.Test(t, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			var calls atomic.Int32
+			call := func() (string, error) {
+				if calls.Add(1) == 2 {
+					panic("the hedge, on purpose")
+				}
+				time.Sleep(100 * time.Millisecond)
+				return "first", tt.firstErr
+			}
+			start := func() (func(), bool) {
+				if !tt.secondCall {
+					panic("the start check, on purpose")
+				}
+				return func() {}, true
+			}
+			var running sync.WaitGroup
+			v, won, err := runHedged(ctx, cancel, 10*time.Millisecond, call, start, &running)
+			running.Wait()
+			if won || err != tt.firstErr || (err == nil && v != "first") {
+				t.Errorf("%s: runHedged = %q, won %v, %v; want the first call's result", tt.name, v, won, err)
+			}
+		})
+	}
 }

@@ -31,7 +31,7 @@ func main() {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	ctx, shutdown := context.WithCancel(context.Background())
-	go stopOnSignals(sigs, shutdown, os.Stderr, os.Exit) // ends with the process
+	go guard(ctx, "signal handler", func() { stopOnSignals(sigs, shutdown, os.Stderr, os.Exit) }, nil) // ends with the process
 	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "eventgate: %v\n", err)
 		os.Exit(1)
@@ -234,7 +234,7 @@ func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logge
 	logger.InfoContext(ctx, msg, append([]any{"addr", ln.Addr().String()}, attrs...)...)
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go guard(ctx, "server", func() { errc <- srv.Serve(ln) }, func(err error) { errc <- err })
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -285,7 +285,7 @@ func startEmbeddedMock(cfg config, logger *slog.Logger) (string, func(), error) 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Serve(ln) // returns ErrServerClosed after Close
+		guard(context.Background(), "embedded mock", func() { srv.Serve(ln) }, nil) // returns ErrServerClosed after Close
 	}()
 	stop := func() {
 		srv.Close()
