@@ -96,12 +96,12 @@ func mallocs() uint64 {
 // off, once per iteration.
 func benchLoad(b *testing.B, base, owner string, ids []string) {
 	cfg := testConfig(b)
-	up := newUpstream(upstreamOptions{Metrics: newMetrics(), BaseURL: base, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight,
+	up := testUpstream(upstreamOptions{BaseURL: base, Timeout: 5 * time.Second, MaxInflight: cfg.UpstreamMaxInflight,
 		Retry: defaultRetryPolicy(), Hedge: newHedgePolicy(0, 2*time.Second)})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: up.Event}), Limit: cfg.FanoutLimit})
+	loader := newEventLoader(loaderOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Cache: newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Fetch: up.Event}), Limit: cfg.FanoutLimit})
 	for b.Loop() {
-		if events, err := loader.Load(b.Context(), owner, ids, nil); err != nil || len(events) != len(ids) {
+		if events, err := loader.Load(b.Context(), owner, ids, unbounded()); err != nil || len(events) != len(ids) {
 			b.Fatalf("Load = %d events, %v; want %d", len(events), err, len(ids))
 		}
 	}

@@ -36,7 +36,7 @@ const entryOverhead = 256
 var errMemoryBusy = errors.New("the memory budget for requests in flight is in use")
 
 // memoryPool is one of the budget's pools: bytes granted at most total at
-// once. A nil *memoryPool grants everything at once.
+// once.
 type memoryPool struct {
 	total   int64
 	refused atomic.Uint64 // waits that ran out of time or were left
@@ -97,9 +97,6 @@ func (p *memoryPool) acquire(ctx context.Context, n int64) (got int64, waited bo
 // and nobody waits before it; it never waits, and a refusal is no one's
 // timeout (it is not counted as refused).
 func (p *memoryPool) tryAcquire(n int64) (int64, bool) {
-	if p == nil {
-		return n, true
-	}
 	n = min(n, p.total)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -112,7 +109,7 @@ func (p *memoryPool) tryAcquire(n int64) (int64, bool) {
 
 // release gives back n bytes acquire granted.
 func (p *memoryPool) release(n int64) {
-	if p == nil || n == 0 {
+	if n == 0 {
 		return
 	}
 	p.mu.Lock()
@@ -137,9 +134,6 @@ func (p *memoryPool) grant() {
 
 // inUse returns the bytes granted now.
 func (p *memoryPool) inUse() int64 {
-	if p == nil {
-		return 0
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.used
@@ -147,7 +141,7 @@ func (p *memoryPool) inUse() int64 {
 
 // memoryAccount is what one request holds of a pool: reserved as it goes,
 // given back all at once by close, when its answer has been written. It is
-// safe for concurrent use; a nil *memoryAccount reserves nothing.
+// safe for concurrent use.
 type memoryAccount struct {
 	pool  *memoryPool
 	leave time.Duration // waits end this long before the request's deadline
@@ -166,9 +160,6 @@ func (p *memoryPool) account(leave time.Duration) *memoryAccount {
 
 // reserve adds n bytes to the account, waiting under ctx for them.
 func (a *memoryAccount) reserve(ctx context.Context, n int64) error {
-	if a == nil {
-		return nil
-	}
 	if dl, ok := ctx.Deadline(); ok && a.leave > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-a.leave))
@@ -182,9 +173,6 @@ func (a *memoryAccount) reserve(ctx context.Context, n int64) error {
 // tryReserve adds n bytes to the account if they are free now, without
 // waiting, and reports whether it did.
 func (a *memoryAccount) tryReserve(n int64) bool {
-	if a == nil {
-		return true
-	}
 	got, ok := a.pool.tryAcquire(n)
 	a.add(got)
 	return ok

@@ -65,7 +65,7 @@ func (e *cacheEntry) cost() int64 {
 type cacheOptions struct {
 	Fetch        func(context.Context, string) (event, error) // looks an event up
 	TTL          time.Duration                                // how long an event is fresh; 0: cache nothing
-	MaxBytes     int64                                        // bytes cached at most (ids and JSON, plus entryOverhead each); 0: no bound
+	MaxBytes     int64                                        // bytes cached at most (ids and JSON, plus entryOverhead each)
 	MaxRefreshes int                                          // stale events refetched at once at most
 	Metrics      *metrics
 }
@@ -218,12 +218,12 @@ func (c *eventCache) store(e *cacheEntry) {
 		return
 	}
 	c.remove(e.id)
-	if c.MaxBytes > 0 && e.cost() > c.MaxBytes {
+	if e.cost() > c.MaxBytes {
 		return // larger than the whole cache: it would only empty it
 	}
 	c.items[e.id] = c.lru.PushFront(e)
 	c.bytes += e.cost()
-	for c.MaxBytes > 0 && c.bytes > c.MaxBytes {
+	for c.bytes > c.MaxBytes {
 		c.drop(c.lru.Back())
 	}
 }

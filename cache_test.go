@@ -187,7 +187,7 @@ func TestEventCacheCloseEndsItsRefreshes(t *testing.T) {
 			cancelled.Store(true)
 			return event{}, ctx.Err()
 		}
-		c := newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: fetch, TTL: time.Minute, MaxRefreshes: 10})
+		c := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Fetch: fetch, TTL: time.Minute, MaxRefreshes: 10})
 		c.Get(t.Context(), "a")
 		time.Sleep(61 * time.Second)
 		if _, ok := c.peek(t.Context(), "a", time.Now()); !ok {
@@ -231,7 +231,7 @@ func TestEventCacheFreshUntilExactlyTheTTL(t *testing.T) {
 			fetches.Add(1)
 			return event{JSON: json.RawMessage(`{}`)}, nil
 		}
-		c := newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: fetch, TTL: time.Minute, MaxRefreshes: 10})
+		c := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Fetch: fetch, TTL: time.Minute, MaxRefreshes: 10})
 		defer c.Close()
 		c.Get(t.Context(), "a")
 		time.Sleep(time.Minute)
@@ -263,7 +263,7 @@ func TestEventCacheNewcomerDoesNotJoinAnAbandonedLookup(t *testing.T) {
 			}
 			return event{JSON: json.RawMessage(`{}`)}, nil
 		}
-		c := newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: fetch, TTL: time.Minute})
+		c := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Fetch: fetch, TTL: time.Minute})
 		defer c.Close()
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error)
@@ -282,7 +282,7 @@ func TestEventCacheNewcomerDoesNotJoinAnAbandonedLookup(t *testing.T) {
 // that id through this instance); then it is looked up again.
 func TestForgetDropsWhatTheCacheKnows(t *testing.T) {
 	var fetches atomic.Int32
-	c := newEventCache(cacheOptions{Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
+	c := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
 		Fetch: func(context.Context, string) (event, error) {
 			fetches.Add(1)
 			return event{}, &upstreamError{Op: "getEventById", Kind: failNotFound}
@@ -307,7 +307,7 @@ func TestALookupThatFailsBadlyFailsOnlyItsWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var calls atomic.Int32
 		release := make(chan struct{})
-		c := newEventCache(cacheOptions{Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
+		c := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
 			Fetch: func(_ context.Context, id string) (event, error) {
 				calls.Add(1)
 				<-release

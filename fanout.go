@@ -19,8 +19,8 @@ type eventLoader struct {
 // loaderOptions configure an eventLoader.
 type loaderOptions struct {
 	Cache    *eventCache
-	Limit    int   // lookups in flight for one Load, FANOUT_LIMIT
-	MaxBytes int64 // the events one answer holds, in bytes, MAX_RESPONSE_BYTES; 0: no bound
+	Limit    int   // lookups in flight for one Load: 5/8 of UPSTREAM_MAX_INFLIGHT
+	MaxBytes int64 // the events one answer holds, in bytes: an eighth of MEMORY_BUDGET
 	Metrics  *metrics
 }
 
@@ -99,10 +99,7 @@ func (l *eventLoader) reservation(order []string, cached map[string]json.RawMess
 		names += int64(len(id)) + 16 // the string header beside it
 	}
 	events += int64(missing) * (maxEventBody + 1)
-	if l.MaxBytes > 0 {
-		events = min(events, l.MaxBytes)
-	}
-	return events + names
+	return min(events, l.MaxBytes) + names
 }
 
 // keep judges one event for the answer: it returns its JSON if it is
@@ -159,19 +156,16 @@ func (lo *leftOut) log(ctx context.Context, userID string, m *metrics) {
 
 // answerBudget adds up the bytes of the events an answer will hold.
 type answerBudget struct {
-	max   int64 // 0: no bound
+	max   int64
 	bytes atomic.Int64
 }
 
 // add counts ev, and fails once the answer is over the bound.
 func (a *answerBudget) add(ev event, userID string) error {
-	if a.max <= 0 {
-		return nil
-	}
 	if a.bytes.Add(int64(len(ev.JSON))+1) > a.max {
 		return &upstreamError{Op: "getEventById", Kind: failTooLarge,
 			Err: fmt.Errorf("events of user %q add up to more than %d bytes", userID, a.max),
-			Message: fmt.Sprintf("the events of user %q add up to more than %s, more than this gateway answers at once (MAX_RESPONSE_BYTES)",
+			Message: fmt.Sprintf("the events of user %q add up to more than %s, more than this gateway answers at once (an eighth of MEMORY_BUDGET)",
 				userID, formatBytes(a.max))}
 	}
 	return nil

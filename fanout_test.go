@@ -332,11 +332,11 @@ func TestFanoutReusesConnections(t *testing.T) {
 	defer srv.Close()
 
 	m := newMetrics()
-	up := newUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m, Retry: noRetry()})
+	up := testUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: 5 * time.Second, MaxInflight: 100, Metrics: m})
 	defer up.client.CloseIdleConnections()
-	loader := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: up.Event}), Limit: 100})
+	loader := newEventLoader(loaderOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Cache: newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Fetch: up.Event}), Limit: 100})
 	for range 20 {
-		events, err := loader.Load(t.Context(), "u", api.users["u"], nil)
+		events, err := loader.Load(t.Context(), "u", api.users["u"], unbounded())
 		if err != nil || len(events) != 50 {
 			t.Fatalf("Load = %d events, %v", len(events), err)
 		}
@@ -359,9 +359,9 @@ func countingLoader(t *testing.T) (*eventLoader, *atomic.Int64) {
 		fetches.Add(1)
 		return event{JSON: json.RawMessage(`{}`), UserID: "u"}, nil
 	}
-	c := newEventCache(cacheOptions{Metrics: newMetrics(), Fetch: fetch, TTL: time.Hour})
+	c := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Fetch: fetch, TTL: time.Hour})
 	t.Cleanup(c.Close)
-	return newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: c, Limit: 10}), &fetches
+	return newEventLoader(loaderOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Cache: c, Limit: 10}), &fetches
 }
 
 // TestLoadAfterTheContextEndedLooksNothingUp: a load whose request has
@@ -371,7 +371,7 @@ func TestLoadAfterTheContextEndedLooksNothingUp(t *testing.T) {
 	l, fetches := countingLoader(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	events, err := l.Load(ctx, "u", []string{"e1", "e2", "e3"}, nil)
+	events, err := l.Load(ctx, "u", []string{"e1", "e2", "e3"}, unbounded())
 	if err == nil || toAPIError(err).Status != statusClientClosed || fetches.Load() != 0 {
 		t.Errorf("Load after the client left = %d events, %v, after %d fetches; want the client's leaving and no fetch", len(events), err, fetches.Load())
 	}
@@ -387,8 +387,9 @@ func TestWarmLoadDoesNoPerEventWork(t *testing.T) {
 	for i := range ids {
 		ids[i] = fmt.Sprint("e", i)
 	}
-	l.Load(t.Context(), "u", ids, nil)
-	if allocs := testing.AllocsPerRun(20, func() { l.Load(t.Context(), "u", ids, nil) }); allocs > 20 {
+	held := unbounded()
+	l.Load(t.Context(), "u", ids, held)
+	if allocs := testing.AllocsPerRun(20, func() { l.Load(t.Context(), "u", ids, held) }); allocs > 20 {
 		t.Errorf("a warm load of 100 events made %v allocations; want at most 20, none per event", allocs)
 	}
 }
@@ -453,17 +454,17 @@ func TestMissingEventsAreRememberedAndSummarised(t *testing.T) {
 // the cache, an answer past MaxBytes still fails, without a lookup.
 func TestCachedEventsCountTowardTheAnswerBound(t *testing.T) {
 	var fetches atomic.Int32
-	cache := newEventCache(cacheOptions{Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
+	cache := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
 		Fetch: func(_ context.Context, id string) (event, error) {
 			fetches.Add(1)
 			return event{JSON: json.RawMessage(`{"id":"` + id + `","details":"` + strings.Repeat("x", 1000) + `"}`), UserID: "u"}, nil
 		}})
 	defer cache.Close()
 	ids := []string{"a", "b", "c"}
-	if _, err := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: cache, Limit: 10}).Load(t.Context(), "u", ids, nil); err != nil {
+	if _, err := newEventLoader(loaderOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Cache: cache, Limit: 10}).Load(t.Context(), "u", ids, unbounded()); err != nil {
 		t.Fatal(err)
 	}
-	_, err := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: cache, Limit: 10, MaxBytes: 2500}).Load(t.Context(), "u", ids, nil)
+	_, err := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: cache, Limit: 10, MaxBytes: 2500}).Load(t.Context(), "u", ids, unbounded())
 	var ue *upstreamError
 	if !errors.As(err, &ue) || ue.Kind != failTooLarge || fetches.Load() != 3 {
 		t.Errorf("three cached events of 1 KB under a 2,500-byte bound = %v after %d lookups; want too large, no more lookups", err, fetches.Load())
@@ -476,7 +477,7 @@ func TestCachedEventsCountTowardTheAnswerBound(t *testing.T) {
 // end, and the next load is answered.
 func TestAPanicInAFanoutWorkerFailsOnlyItsLoad(t *testing.T) {
 	checkGoroutines(t)
-	c := newEventCache(cacheOptions{Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
+	c := newEventCache(cacheOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), TTL: time.Minute, MaxRefreshes: 1,
 		Fetch: func(_ context.Context, id string) (event, error) {
 			if id == "bad" {
 				panic("on purpose")
@@ -484,12 +485,12 @@ func TestAPanicInAFanoutWorkerFailsOnlyItsLoad(t *testing.T) {
 			return event{JSON: json.RawMessage(`{}`), UserID: "u"}, nil
 		}})
 	c.Close()
-	l := newEventLoader(loaderOptions{Metrics: newMetrics(), Cache: c, Limit: 4})
+	l := newEventLoader(loaderOptions{MaxBytes: 1 << 30, Metrics: newMetrics(), Cache: c, Limit: 4})
 	ids := []string{"a", "b", "bad", "c", "d", "e"}
-	if _, err := l.Load(t.Context(), "u", ids, nil); err == nil || !strings.Contains(err.Error(), "on purpose") {
+	if _, err := l.Load(t.Context(), "u", ids, unbounded()); err == nil || !strings.Contains(err.Error(), "on purpose") {
 		t.Errorf("a load whose lookup panicked = %v; want the panic as its error", err)
 	}
-	if events, err := l.Load(t.Context(), "u", []string{"a", "b"}, nil); err != nil || len(events) != 2 {
+	if events, err := l.Load(t.Context(), "u", []string{"a", "b"}, unbounded()); err != nil || len(events) != 2 {
 		t.Errorf("the next load = %d events, %v; want 2, nil", len(events), err)
 	}
 }

@@ -44,7 +44,7 @@ func newHedgePolicy(delay, timeout time.Duration) *hedgePolicy {
 // false if it is never hedged.
 func (h *hedgePolicy) delay(op string, now time.Time) (time.Duration, bool) {
 	switch {
-	case h == nil || !h.auto && h.fixed <= 0:
+	case !h.auto && h.fixed <= 0:
 		return 0, false
 	case !h.auto:
 		return h.fixed, true
@@ -64,7 +64,7 @@ func (h *hedgePolicy) delay(op string, now time.Time) (time.Duration, bool) {
 
 // observe records that a call of kind op answered after d.
 func (h *hedgePolicy) observe(op string, d time.Duration, now time.Time) {
-	if h == nil || !h.auto {
+	if !h.auto {
 		return
 	}
 	h.mu.Lock()
@@ -80,9 +80,6 @@ func (h *hedgePolicy) observe(op string, d time.Duration, now time.Time) {
 // delays returns the current delay of every kind seen, for /metrics.
 func (h *hedgePolicy) delays(now time.Time) map[string]time.Duration {
 	out := map[string]time.Duration{}
-	if h == nil {
-		return out
-	}
 	h.mu.Lock()
 	ops := make([]string, 0, len(h.kinds))
 	for op := range h.kinds {

@@ -314,3 +314,28 @@ func startProcess(tb testing.TB, args string, env ...string) string {
 func noRetry() retryPolicy {
 	return retryPolicy{Attempts: 1, Budget: newRetryBudget(0, 0, time.Second), Jitter: func() float64 { return 0 }}
 }
+
+// testUpstream is newUpstream with what a test leaves out filled in: no
+// retries, no hedges, a reads pool that never runs short, metrics nobody
+// reads, and Retry-After held to a minute.
+func testUpstream(o upstreamOptions) *upstream {
+	if o.Metrics == nil {
+		o.Metrics = newMetrics()
+	}
+	if o.Retry.Budget == nil {
+		o.Retry = noRetry()
+	}
+	if o.Hedge == nil {
+		o.Hedge = newHedgePolicy(-1, o.Timeout)
+	}
+	if o.Reads == nil {
+		o.Reads = newMemoryPool(1 << 40)
+	}
+	if o.MaxRetryAfter == 0 {
+		o.MaxRetryAfter = time.Minute
+	}
+	return newUpstream(o)
+}
+
+// unbounded is a memory account that is never short.
+func unbounded() *memoryAccount { return newMemoryPool(1 << 40).account(0) }

@@ -182,22 +182,22 @@ type upstream struct {
 	slots         chan struct{} // process-wide bound on calls in flight
 	retry         retryPolicy   // for idempotent reads
 	maxRetryAfter time.Duration
-	hedge         *hedgePolicy   // for idempotent reads; nil: none
-	reads         *memoryPool    // bodies being read, for the whole process; nil: unbounded
+	hedge         *hedgePolicy   // for idempotent reads
+	reads         *memoryPool    // bodies being read, for the whole process
 	running       sync.WaitGroup // hedges in flight, waited for by Close
 	metrics       *metrics
 }
 
-// upstreamOptions configures newUpstream. Zero values of the optional
-// fields mean the defaults of config.go.
+// upstreamOptions configure newUpstream; every field is required but
+// Transport (nil: the one newTransport tunes for a real upstream).
 type upstreamOptions struct {
 	BaseURL       string
 	Timeout       time.Duration
 	MaxInflight   int
 	Retry         retryPolicy
-	MaxRetryAfter time.Duration // the longest Retry-After passed on; 0 means 60s
-	Hedge         *hedgePolicy  // when reads are hedged; nil: never
-	Reads         *memoryPool   // the memory budget's pool for bodies being read; nil: unbounded
+	MaxRetryAfter time.Duration // the longest Retry-After passed on
+	Hedge         *hedgePolicy  // when reads are hedged
+	Reads         *memoryPool   // the memory budget's pool for bodies being read
 	Metrics       *metrics
 	Transport     http.RoundTripper
 }
@@ -205,9 +205,6 @@ type upstreamOptions struct {
 func newUpstream(o upstreamOptions) *upstream {
 	if o.Transport == nil {
 		o.Transport = newTransport(o.MaxInflight, o.Metrics)
-	}
-	if o.MaxRetryAfter <= 0 {
-		o.MaxRetryAfter = time.Minute
 	}
 	return &upstream{
 		base: strings.TrimRight(o.BaseURL, "/"),

@@ -87,7 +87,7 @@ func TestUpstreamFaultsOverTCP(t *testing.T) {
 			if tt.want == 504 {
 				timeout = 300 * time.Millisecond
 			}
-			up := newUpstream(upstreamOptions{Metrics: newMetrics(), BaseURL: srv.URL, Timeout: timeout, MaxInflight: 10, Retry: defaultRetryPolicy()})
+			up := testUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: timeout, MaxInflight: 10, Retry: defaultRetryPolicy()})
 			defer up.client.CloseIdleConnections()
 
 			_, err := up.Users(t.Context())
@@ -130,10 +130,10 @@ func TestDroppedConnectionsReachTheClientAs502(t *testing.T) {
 	checkGoroutines(t)
 	srv := httptest.NewServer(mock.New(mock.Options{FailRate: 1}))
 	defer srv.Close()
-	up := newUpstream(upstreamOptions{Metrics: newMetrics(), BaseURL: srv.URL, Timeout: time.Second, MaxInflight: 10, Retry: defaultRetryPolicy()})
+	up := testUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: time.Second, MaxInflight: 10, Retry: defaultRetryPolicy()})
 	defer up.client.CloseIdleConnections()
 	g := newTestGateway(t, quietMock(), nil)
-	h := newServer(slog.New(slog.DiscardHandler), g.cfg, services{up: up, metrics: newMetrics()})
+	h := newServer(slog.New(slog.DiscardHandler), g.cfg, services{up: up, metrics: newMetrics(), answers: newMemoryPool(1 << 30)})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/getUsers", nil))
 	if rec.Code != 502 || errorBody(t, rec) != "could not reach the event service" {
@@ -158,7 +158,7 @@ func TestUpstreamErrorsAreClassified(t *testing.T) {
 	}
 	for _, tt := range tests {
 		synctest.Test(t, func(t *testing.T) {
-			up := newUpstream(upstreamOptions{Metrics: newMetrics(), Retry: noRetry(), BaseURL: "http://x", Timeout: time.Second, MaxInflight: 1,
+			up := testUpstream(upstreamOptions{BaseURL: "http://x", Timeout: time.Second, MaxInflight: 1,
 				Transport: &handlerTransport{h: statusUpstream(tt.status, "text/plain", "")}})
 			err := up.AddEvent(t.Context(), newEvent{ID: "e", Name: "n", UserID: "1"})
 			var ue *upstreamError
@@ -534,7 +534,7 @@ func TestUpstreamIDsStayInTheirSegment(t *testing.T) {
 	rec.HandleFunc("GET /getEventById/{id}", record)
 	rec.HandleFunc("/", record)
 	g := newTestGateway(t, rec, nil)
-	up := newUpstream(upstreamOptions{Metrics: newMetrics(), Retry: noRetry(), BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1, Transport: g.transport})
+	up := testUpstream(upstreamOptions{BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1, Transport: g.transport})
 
 	for _, id := range []string{"../addEvent", "1/../../getUsers", "%2F", "a?b=c", "a#b", "a b"} {
 		seen = nil
@@ -678,7 +678,7 @@ func TestAWriteThatWaitedTooLongIsNotSent(t *testing.T) {
 func TestAnEventKeepsNoLargerBuffer(t *testing.T) {
 	pad := strings.Repeat(" ", 120_000)
 	for _, chunked := range []bool{false, true} {
-		up := newUpstream(upstreamOptions{Metrics: newMetrics(), Retry: noRetry(), BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1,
+		up := testUpstream(upstreamOptions{BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 1,
 			Transport: &handlerTransport{h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if chunked {
 					w.(http.Flusher).Flush()
