@@ -74,14 +74,9 @@ func newEventCache(o cacheOptions) *eventCache {
 	return &eventCache{
 		cacheOptions: o,
 		refreshSlots: make(chan struct{}, max(o.MaxRefreshes, 1)),
-		lookups: newFlightGroup[string, event](func(ctx context.Context, sent bool) error {
-			if !sent {
-				return waitError(ctx, "getEventById") // it waited for eventgate, not the upstream
-			}
-			return contextError(ctx, "getEventById", ctx.Err())
-		}),
-		items: map[string]*list.Element{},
-		lru:   list.New(),
+		lookups:      newFlightGroup[string, event](leftCall("getEventById")),
+		items:        map[string]*list.Element{},
+		lru:          list.New(),
 	}
 }
 

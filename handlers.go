@@ -4,7 +4,6 @@ package main
 // returns an http.Handler.
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"runtime"
@@ -14,21 +13,19 @@ import (
 
 // handleList serves a list endpoint by passing the upstream's JSON array
 // through unchanged: it was checked to be a JSON array, and decoding and
-// encoding it again would only cost time. The largest list the upstream may
-// send is reserved in the memory budget before it is asked for, and what
-// the list takes is held until it is written.
-func handleList(fetch func(context.Context) ([]byte, error), memory *memoryPool, leave time.Duration) http.Handler {
+// encoding it again would only cost time. Concurrent reads share one call
+// and one copy of its answer (listReader), counted in the memory budget
+// until the last of them has written it; held counts what this request
+// alone needs to write it.
+func handleList(lists *listReader, memory *memoryPool, leave time.Duration) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		held := memory.account(leave)
 		defer held.close()
-		if err := held.reserve(r.Context(), maxListBody); err != nil {
-			return err
-		}
-		body, err := fetch(r.Context())
+		body, done, err := lists.Read(r.Context())
+		defer done()
 		if err != nil {
 			return err
 		}
-		held.keep(int64(cap(body)))
 		writeAnswer(w, r, held, func(write func([]byte)) { write(body); write([]byte{'\n'}) })
 		return nil
 	})

@@ -16,6 +16,8 @@ import (
 // services are the dependencies the handlers share.
 type services struct {
 	up      *upstream
+	users   *listReader       // GET /getUsers, collapsed
+	events  *listReader       // GET /getEvents, collapsed
 	loader  *eventLoader      // events by id: bounded fan-out, cache, coalescing
 	breaker *breaker          // guards POST /addEvent
 	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
@@ -25,10 +27,12 @@ type services struct {
 	ready   *atomic.Bool // false once shutdown has begun
 }
 
-// Close ends the goroutines the services own (the cache's lookups, the
+// Close ends the goroutines the services own (the list calls, the cache's lookups, the
 // breaker's open-period goroutine, the upstream client's hedges) and the
 // idle upstream connections. Call it after the server has stopped serving.
 func (s services) Close() {
+	s.users.Close()
+	s.events.Close()
 	s.loader.Cache.Close()
 	s.breaker.Close()
 	s.up.Close()
@@ -76,6 +80,8 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 	ready.Store(true)
 	return services{
 		up:      up,
+		users:   newListReader("getUsers", up.Users, answers),
+		events:  newListReader("getEvents", up.Events, answers),
 		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
 		breaker: br,
 		keys:    newIdempotencyStore(storeOptions{TTL: cfg.IdempotencyTTL, MaxBytes: cfg.IdempotencyBytes}),
@@ -96,8 +102,8 @@ type route struct {
 // test keeps the two in step.
 func routes(cfg config, s services) []route {
 	return []route{
-		{"GET /getUsers", handleList(s.up.Users, s.answers, cfg.UpstreamTimeout)},
-		{"GET /getEvents", handleList(s.up.Events, s.answers, cfg.UpstreamTimeout)},
+		{"GET /getUsers", handleList(s.users, s.answers, cfg.UpstreamTimeout)},
+		{"GET /getEvents", handleList(s.events, s.answers, cfg.UpstreamTimeout)},
 		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader, s.answers)},
 		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids, s.loader, s.answers))},
 		{"GET /health", handleHealth(s.breaker)},

@@ -544,6 +544,18 @@ func (u *upstream) tryAcquire() func() {
 	}
 }
 
+// leftCall is what a waiter of a shared call of op (a flightGroup's) is
+// told when its own ctx ends first: if the call was not sent yet, it waited
+// for eventgate, not for the upstream.
+func leftCall(op string) func(ctx context.Context, sent bool) error {
+	return func(ctx context.Context, sent bool) error {
+		if !sent {
+			return waitError(ctx, op)
+		}
+		return contextError(ctx, op, ctx.Err())
+	}
+}
+
 // waitError is the error of a call whose ctx ended before it was sent.
 func waitError(ctx context.Context, op string) error {
 	if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {

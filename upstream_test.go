@@ -133,7 +133,10 @@ func TestDroppedConnectionsReachTheClientAs502(t *testing.T) {
 	up := testUpstream(upstreamOptions{BaseURL: srv.URL, Timeout: time.Second, MaxInflight: 10, Retry: defaultRetryPolicy()})
 	defer up.client.CloseIdleConnections()
 	g := newTestGateway(t, quietMock(), nil)
-	h := newServer(slog.New(slog.DiscardHandler), g.cfg, services{up: up, metrics: newMetrics(), answers: newMemoryPool(1 << 30)})
+	answers := newMemoryPool(1 << 30)
+	users := newListReader("getUsers", up.Users, answers)
+	defer users.Close()
+	h := newServer(slog.New(slog.DiscardHandler), g.cfg, services{up: up, users: users, metrics: newMetrics(), answers: answers})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/getUsers", nil))
 	if rec.Code != 502 || errorBody(t, rec) != "could not reach the event service" {
@@ -573,22 +576,21 @@ func TestTransportNeverReplaysByItself(t *testing.T) {
 			conn.Close()
 			return
 		}
+		if r.URL.Path == "/getUserById/u" {
+			io.WriteString(w, `{"id":"u","events":["e0","e1","e2","e3","e4","e5","e6","e7","e8","e9","e10","e11","e12","e13","e14","e15","e16","e17","e18","e19"]}`)
+			return
+		}
 		arrived.Done()
-		arrived.Wait() // all 20 at once: 20 connections, idle afterwards
-		io.WriteString(w, "[]")
+		arrived.Wait() // all 20 lookups at once: 20 connections, idle afterwards
+		id := strings.TrimPrefix(r.URL.Path, "/getEventById/")
+		fmt.Fprintf(w, `{"id":%q,"userId":"u"}`, id)
 	}))
 	defer srv.Close()
 	g := newGatewayAt(t, srv.URL, nil, nil)
 	defer g.close()
-	var wg sync.WaitGroup
-	for range warm {
-		wg.Go(func() {
-			if rec := g.get("/getEvents"); rec.Code != 200 {
-				t.Errorf("warming /getEvents = %d", rec.Code)
-			}
-		})
+	if rec := g.get("/getEventsByUserId/u"); rec.Code != 200 {
+		t.Fatalf("warming with a user of %d events = %d", warm, rec.Code)
 	}
-	wg.Wait()
 	rec := g.get("/getUsers")
 	if rec.Code != 502 {
 		t.Errorf("/getUsers with every connection dropped = %d; want 502", rec.Code)
