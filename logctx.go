@@ -8,32 +8,43 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync"
 )
 
-// ctxKey keys this package's context values.
-type ctxKey int
+// requestScopeKey keys the *requestScope of a request's context.
+type requestScopeKey struct{}
 
-const (
-	requestIDKey ctxKey = iota
-	loggerKey
-)
+// requestScope is what a request's context carries. The logger with the
+// request id is made on first use: most requests log only their access
+// line, which names the id itself, and slog's With costs an allocation and
+// the formatting of the id.
+type requestScope struct {
+	id     string
+	base   *slog.Logger
+	once   sync.Once
+	logger *slog.Logger // base with request_id, once made
+}
 
 // requestIDFrom returns the request id stored in ctx, or "".
 func requestIDFrom(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
+	if s, ok := ctx.Value(requestScopeKey{}).(*requestScope); ok {
+		return s.id
+	}
+	return ""
 }
 
 // loggerFrom returns the request's logger, which carries its request id.
 func loggerFrom(ctx context.Context) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
-		return l
+	s, ok := ctx.Value(requestScopeKey{}).(*requestScope)
+	if !ok {
+		return slog.Default()
 	}
-	return slog.Default()
+	s.once.Do(func() { s.logger = s.base.With("request_id", s.id) })
+	return s.logger
 }
 
-// withRequest returns ctx carrying the request's id and logger.
-func withRequest(ctx context.Context, id string, logger *slog.Logger) context.Context {
-	ctx = context.WithValue(ctx, requestIDKey, id)
-	return context.WithValue(ctx, loggerKey, logger)
+// withRequest returns ctx carrying the request's id and a logger that
+// adds it to base.
+func withRequest(ctx context.Context, id string, base *slog.Logger) context.Context {
+	return context.WithValue(ctx, requestScopeKey{}, &requestScope{id: id, base: base})
 }

@@ -111,8 +111,8 @@ func withRequestID(logger *slog.Logger) middleware {
 			if id == "" || len(id) > maxRequestIDLength || !printableASCII(id) {
 				id = rand.Text()
 			}
-			w.Header().Set("X-Request-ID", id)
-			next.ServeHTTP(w, r.WithContext(withRequest(r.Context(), id, logger.With("request_id", id))))
+			w.Header().Set("X-Request-Id", id) // canonical already: Set need not copy the key
+			next.ServeHTTP(w, r.WithContext(withRequest(r.Context(), id, logger)))
 		})
 	}
 }
@@ -128,11 +128,11 @@ func withDeadline(d time.Duration) middleware {
 	}
 }
 
-// withAccessLog logs one line per request and counts it in m, by route
-// pattern and status. It must sit outside every adapter that could answer
+// withAccessLog logs one line per request to logger, with its request id,
+// and counts it in m, by route pattern and status. It must sit outside every adapter that could answer
 // (recovery included), and inside those that replace the request, because
 // the mux sets the pattern on the *Request it is given.
-func withAccessLog(m *metrics) middleware {
+func withAccessLog(logger *slog.Logger, m *metrics) middleware {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
@@ -145,7 +145,8 @@ func withAccessLog(m *metrics) middleware {
 			d := time.Since(start)
 			m.count(m.requests, labels{route, strconv.Itoa(rec.status())})
 			m.observe(m.reqDuration, labels{route}, d)
-			loggerFrom(r.Context()).LogAttrs(r.Context(), slog.LevelInfo, "request",
+			logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
+				slog.String("request_id", requestIDFrom(r.Context())),
 				slog.String("method", r.Method),
 				slog.String("route", route),
 				slog.Int("status", rec.status()),

@@ -46,7 +46,7 @@ func writeAnswer(w http.ResponseWriter, r *http.Request, held *memoryAccount, p 
 	p(func(b []byte) { sum.Write(b); size += len(b) })
 	tag := `W/"` + hex.EncodeToString(sum.Sum(nil)) + `"`
 	h := w.Header()
-	h.Set("ETag", tag)
+	h.Set("Etag", tag) // the canonical form: Set need not copy the key
 	h.Set("Cache-Control", "no-cache")
 	h.Set("Vary", "Accept-Encoding")
 	h.Set("Content-Type", "application/json")

@@ -127,7 +127,7 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 		withSecurityHeaders,
 		withRequestID(logger),
 		withDeadline(cfg.RequestTimeout),
-		withAccessLog(s.metrics),
+		withAccessLog(logger, s.metrics),
 		withRecovery,
 		withStarTarget,
 		withCanonicalPath,
