@@ -375,8 +375,12 @@ func TestJSONLogsCarryRequestIDsAndNoSecrets(t *testing.T) {
 		}
 		if entry["msg"] == "request" {
 			sawRequest = true
-			if entry["request_id"] != "req-77" || entry["status"] != float64(401) || entry["route"] != "POST /addEvent" {
-				t.Errorf("request log line = %q; want request_id req-77, status 401, route POST /addEvent", line)
+			d, isNumber := entry["duration"].(float64)
+			client, _ := entry["client"].(string)
+			if entry["request_id"] != "req-77" || entry["status"] != float64(401) || entry["route"] != "POST /addEvent" ||
+				entry["path"] != "/addEvent" || !strings.HasPrefix(client, "127.0.0.1:") || entry["bytes"] != float64(len(`{"error":"a valid bearer token is required to add events"}`)+1) ||
+				!isNumber || d <= 0 || d > 10 {
+				t.Errorf("request log line = %q; want request_id req-77, status 401, route POST /addEvent, path /addEvent, the client's address, the body's bytes, and the duration in seconds", line)
 			}
 		}
 	}

@@ -141,6 +141,8 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(&b, "eventgate_memory_refused_total{pool=%q} %d\n", p, m.memoryPools[p].refused.Load())
 		}
 	}
+	v, goVersion := version()
+	fmt.Fprintf(&b, "# HELP eventgate_build_info The version of eventgate serving, and the Go it was built with.\n# TYPE eventgate_build_info gauge\neventgate_build_info{version=%q,goversion=%q} 1\n", v, goVersion)
 	writeProcessMetrics(&b)
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +17,8 @@ import (
 func TestMetricsAreValidExposition(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := newTestGateway(t, quietMock(), nil)
+		defer func(was string) { buildVersion = was }(buildVersion)
+		buildVersion = "v1.2.3-test" // as -ldflags -X sets it
 		g.get("/getUsers")
 		g.get("/getEventsByUserId/1")
 		g.get("/getEventsByUserId/1")
@@ -36,6 +40,7 @@ func TestMetricsAreValidExposition(t *testing.T) {
 			`eventgate_event_cache_lookups_total{result="miss"} 2`,
 			`eventgate_breaker_state{state="closed"} 1`,
 			`eventgate_upstream_inflight 0`,
+			fmt.Sprintf(`eventgate_build_info{version="v1.2.3-test",goversion=%q} 1`, runtime.Version()),
 			"go_goroutines ", "go_threads ", "go_memstats_heap_alloc_bytes ", `go_gc_duration_seconds{quantile="0.5"} `,
 			"process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_open_fds ", "process_max_fds ",
 		} {

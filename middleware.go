@@ -128,8 +128,13 @@ func withDeadline(d time.Duration) middleware {
 	}
 }
 
-// withAccessLog logs one line per request to logger, with its request id,
-// and counts it in m, by route pattern and status. It must sit outside every adapter that could answer
+// withAccessLog logs one line per request to logger, and counts it in m,
+// by route pattern and status. The line names the request id, the method,
+// the route pattern, the path (at most maxLoggedPath bytes of it: it is the
+// client's), the client's address as the socket says (a proxy in front
+// shows as itself: X-Forwarded-For is the client's word, and not trusted),
+// the status, the bytes of the body written, and the duration in seconds
+// (a number in JSON). It must sit outside every adapter that could answer
 // (recovery included), and inside those that replace the request, because
 // the mux sets the pattern on the *Request it is given.
 func withAccessLog(logger *slog.Logger, m *metrics) middleware {
@@ -149,8 +154,11 @@ func withAccessLog(logger *slog.Logger, m *metrics) middleware {
 				slog.String("request_id", requestIDFrom(r.Context())),
 				slog.String("method", r.Method),
 				slog.String("route", route),
+				slog.String("path", cut(r.URL.Path, maxLoggedPath)),
+				slog.String("client", r.RemoteAddr),
 				slog.Int("status", rec.status()),
-				slog.Duration("duration", d),
+				slog.Int64("bytes", rec.bytes),
+				slog.Float64("duration", d.Seconds()),
 			)
 		})
 	}
@@ -234,10 +242,23 @@ func requireToken(token string, next http.Handler) http.Handler {
 	})
 }
 
-// statusRecorder remembers the status a handler wrote, for logs and metrics.
+// maxLoggedPath bounds the path in a request's log line.
+const maxLoggedPath = 256
+
+// cut returns s, or its first max bytes and "…" if it is longer.
+func cut(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}
+
+// statusRecorder remembers the status a handler wrote and the bytes of
+// the body, for logs and metrics.
 type statusRecorder struct {
 	http.ResponseWriter
-	code int
+	code  int
+	bytes int64
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -251,7 +272,9 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 	if s.code == 0 {
 		s.code = http.StatusOK
 	}
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += int64(n)
+	return n, err
 }
 
 // status is the status written, 200 if the handler wrote nothing.

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -131,4 +134,20 @@ func TestSlowReadersGetTheWholeAnswer(t *testing.T) {
 			t.Errorf("a client that stopped reading got %d more bytes, %v; want the answer cut off", n, err)
 		}
 	})
+}
+
+// TestAccessLogBoundsThePath: the request line keeps at most 256 bytes of
+// a path the client sent, however long, and names an unmatched route so.
+func TestAccessLogBoundsThePath(t *testing.T) {
+	var logs strings.Builder
+	h := withAccessLog(slog.New(slog.NewJSONHandler(&logs, nil)), newMetrics())(http.NotFoundHandler())
+	long := "/" + strings.Repeat("a", 10_000)
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", long, nil))
+	var entry map[string]any
+	if err := json.Unmarshal([]byte(logs.String()), &entry); err != nil {
+		t.Fatal(err)
+	}
+	if path, _ := entry["path"].(string); path != long[:256]+"…" || entry["route"] != "unmatched" || entry["status"] != float64(404) {
+		t.Errorf("logged path of %d bytes, route %v, status %v; want the path's first 256 bytes and …, unmatched, 404", len(path), entry["route"], entry["status"])
+	}
 }
