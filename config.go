@@ -23,7 +23,7 @@ type config struct {
 	UpstreamTimeout time.Duration
 	HedgeDelay      time.Duration // 0 (always, but in tests): the recent p95 of the call's kind; < 0: never
 	RequestTimeout  time.Duration // a whole client request, fan-out included
-	ShutdownDrain   time.Duration // /ready answers 503 this long before the listener closes
+	ShutdownDrain   time.Duration // /ready answers 503, and answers close their connections, this long before the listener closes
 
 	BreakerThreshold  int
 	BreakerWindow     time.Duration
@@ -56,7 +56,7 @@ var envDefaults = []struct{ name, value string }{
 	{"UPSTREAM_URL", ""},
 	{"UPSTREAM_TIMEOUT", "2s"},
 	{"REQUEST_TIMEOUT", "10s"},
-	{"SHUTDOWN_DRAIN", "0s"},
+	{"SHUTDOWN_DRAIN", "7s"},
 	{"BREAKER_THRESHOLD", "3"},
 	{"BREAKER_WINDOW", "30s"},
 	{"BREAKER_BACKOFF_MIN", "5s"},

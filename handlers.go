@@ -89,11 +89,13 @@ func handleHealth(br *breaker) http.Handler {
 }
 
 // handleReady is the readiness check: 503 once shutdown has begun, so that a
-// load balancer stops sending traffic before the listener closes.
+// load balancer stops sending traffic before the listener closes. That 503
+// is the drain working, not a failure: it is not logged as one.
 func handleReady(ready *atomic.Bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !ready.Load() {
-			writeError(w, r, errorf(http.StatusServiceUnavailable, "shutting down"))
+			w.Header().Set("Retry-After", "1")
+			encode(w, http.StatusServiceUnavailable, map[string]string{"error": "shutting down"})
 			return
 		}
 		encode(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -292,7 +292,7 @@ func TestMain(m *testing.M) {
 func startProcess(tb testing.TB, args string, env ...string) string {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), "EVENTGATE_RUN_MAIN=1", "EVENTGATE_ARGS="+args, "PORT=0"), env...)
+	cmd.Env = append(append(os.Environ(), "EVENTGATE_RUN_MAIN=1", "EVENTGATE_ARGS="+args, "PORT=0", "SHUTDOWN_DRAIN=0s"), env...)
 	logs := newLogWatcher()
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

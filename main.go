@@ -245,8 +245,9 @@ func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logge
 		ready.Store(false)
 		if cfg.ShutdownDrain > 0 {
 			// Keep serving while load balancers see /ready fail and stop
-			// sending new requests; only then close the listener.
-			logger.Info("draining: /ready answers 503", "for", cfg.ShutdownDrain)
+			// sending new requests; only then close the listener. Meanwhile
+			// every answer says Connection: close (withDrainClose).
+			logger.Info("draining: /ready answers 503 (a second signal stops at once)", "for", cfg.ShutdownDrain)
 			t := time.NewTimer(cfg.ShutdownDrain)
 			<-t.C
 		}

@@ -89,6 +89,9 @@ func (l *logWatcher) listenPort(t *testing.T) int {
 func startRun(t *testing.T, vars map[string]string) (*logWatcher, context.CancelFunc, <-chan error, int) {
 	t.Helper()
 	vars["PORT"] = "0"
+	if _, set := vars["SHUTDOWN_DRAIN"]; !set {
+		vars["SHUTDOWN_DRAIN"] = "0s" // the tests that drain say so
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	logs := newLogWatcher()
 	errc := make(chan error, 1)
@@ -215,13 +218,34 @@ func TestReadyFailsDuringTheDrain(t *testing.T) {
 	if code := get("/ready"); code != 200 {
 		t.Errorf("GET /ready before the signal = %d; want 200", code)
 	}
+	keepAlive := &http.Client{}
+	resp, err := keepAlive.Get(fmt.Sprintf("http://127.0.0.1:%d/health", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Close {
+		t.Errorf("before the drain, an answer closed its connection")
+	}
 	stop()
 	logs.waitFor("draining")
 	if ready, health := get("/ready"), get("/health"); ready != 503 || health != 200 {
 		t.Errorf("during the drain: /ready %d, /health %d; want 503 and 200", ready, health)
 	}
+	resp, err = keepAlive.Get(fmt.Sprintf("http://127.0.0.1:%d/health", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !resp.Close { // the client reads Connection: close into Close
+		t.Errorf("during the drain, an answer kept its connection; want Connection: close, so that keep-alive clients move on")
+	}
 	if err := <-errc; err != nil {
 		t.Errorf("run = %v", err)
+	}
+	if text := logs.String(); strings.Contains(text, "request failed") {
+		t.Errorf("the drain's /ready 503 was logged as a failure:\n%s", text)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -87,6 +88,23 @@ func (d *deadlineWriter) Write(p []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+
+// withDrainClose makes every answer close its connection once ready is
+// false (the drain has begun), so that a client holding a keep-alive
+// connection dials again and reaches an instance that is not leaving. Idle
+// connections are left open, to be closed when the drain ends: closing one
+// now could race a request its client is sending on it (a load balancer
+// answers that with an error).
+func withDrainClose(ready *atomic.Bool) middleware {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !ready.Load() {
+				w.Header().Set("Connection", "close")
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
 
 // withSecurityHeaders marks every answer as not to be sniffed or stored.
 func withSecurityHeaders(next http.Handler) http.Handler {

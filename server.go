@@ -124,6 +124,7 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 	return chain(mux, // outermost first
 		withServingMark,
 		withWriteDeadline,
+		withDrainClose(s.ready),
 		withSecurityHeaders,
 		withRequestID(logger),
 		withDeadline(cfg.RequestTimeout),

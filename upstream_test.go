@@ -136,7 +136,9 @@ func TestDroppedConnectionsReachTheClientAs502(t *testing.T) {
 	answers := newMemoryPool(1 << 30)
 	users := newListReader("getUsers", up.Users, answers)
 	defer users.Close()
-	h := newServer(slog.New(slog.DiscardHandler), g.cfg, services{up: up, users: users, metrics: newMetrics(), answers: answers})
+	ready := new(atomic.Bool)
+	ready.Store(true)
+	h := newServer(slog.New(slog.DiscardHandler), g.cfg, services{up: up, users: users, metrics: newMetrics(), answers: answers, ready: ready})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/getUsers", nil))
 	if rec.Code != 502 || errorBody(t, rec) != "could not reach the event service" {

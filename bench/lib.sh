@@ -24,7 +24,7 @@ build_rev() {
 # and wait until /health answers. Its log goes to $WORK/server.log.
 start_server() {
   local port=$1; shift
-  env PORT="$port" "$@" "$WORK/eventgate" -env-file= > "$WORK/server.log" 2>&1 &
+  env PORT="$port" SHUTDOWN_DRAIN=0s "$@" "$WORK/eventgate" -env-file= > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   ALL_PIDS+=("$SERVER_PID")
   BASE="http://127.0.0.1:$port"
