@@ -17,13 +17,16 @@ import (
 
 // config is everything eventgate reads from its environment, once, at start.
 type config struct {
-	Port            int
-	MaxConnections  int    // client connections open at once
-	UpstreamURL     string // empty: start the embedded mock
-	UpstreamTimeout time.Duration
-	HedgeDelay      time.Duration // 0 (always, but in tests): the recent p95 of the call's kind; < 0: never
-	RequestTimeout  time.Duration // a whole client request, fan-out included
-	ShutdownDrain   time.Duration // /ready answers 503, and answers close their connections, this long before the listener closes
+	Port           int
+	MaxConnections int    // client connections open at once
+	UpstreamURL    string // empty: start the embedded mock
+	// UpstreamAuthorization is sent as Authorization on every upstream
+	// call; empty: none. It is never logged.
+	UpstreamAuthorization string
+	UpstreamTimeout       time.Duration
+	HedgeDelay            time.Duration // 0 (always, but in tests): the recent p95 of the call's kind; < 0: never
+	RequestTimeout        time.Duration // a whole client request, fan-out included
+	ShutdownDrain         time.Duration // /ready answers 503, and answers close their connections, this long before the listener closes
 
 	BreakerThreshold  int
 	BreakerWindow     time.Duration
@@ -54,6 +57,8 @@ var envDefaults = []struct{ name, value string }{
 	{"PORT", "3000"},
 	{"MAX_CONNECTIONS", "4096"},
 	{"UPSTREAM_URL", ""},
+	{"UPSTREAM_AUTHORIZATION", ""},
+	{"UPSTREAM_AUTHORIZATION_FILE", ""},
 	{"UPSTREAM_TIMEOUT", "2s"},
 	{"REQUEST_TIMEOUT", "10s"},
 	{"SHUTDOWN_DRAIN", "7s"},
@@ -84,26 +89,27 @@ var envDefaults = []struct{ name, value string }{
 func loadConfig(getenv func(string) string) (config, error) {
 	p := envParser{getenv: getenv}
 	c := config{
-		Port:                p.int("PORT", 0, 65535), // 0: any free port, as logged
-		MaxConnections:      p.int("MAX_CONNECTIONS", 1, 1_000_000),
-		UpstreamURL:         p.url("UPSTREAM_URL"),
-		UpstreamTimeout:     p.duration("UPSTREAM_TIMEOUT", time.Millisecond),
-		RequestTimeout:      p.duration("REQUEST_TIMEOUT", time.Millisecond),
-		ShutdownDrain:       p.duration("SHUTDOWN_DRAIN", 0),
-		BreakerThreshold:    p.int("BREAKER_THRESHOLD", 1, 1_000_000),
-		BreakerWindow:       p.duration("BREAKER_WINDOW", time.Millisecond),
-		BreakerBackoffMin:   p.duration("BREAKER_BACKOFF_MIN", time.Millisecond),
-		BreakerBackoffMax:   p.duration("BREAKER_BACKOFF_MAX", time.Millisecond),
-		UpstreamMaxInflight: p.int("UPSTREAM_MAX_INFLIGHT", 1, 100_000),
-		EventCacheTTL:       p.duration("EVENT_CACHE_TTL", 0),
-		EventCacheBytes:     p.bytes("EVENT_CACHE_BYTES", 1<<20),
-		MemoryBudget:        p.bytes("MEMORY_BUDGET", 16<<20),
-		IdempotencyTTL:      p.duration("IDEMPOTENCY_TTL", time.Second),
-		IdempotencyBytes:    p.bytes("IDEMPOTENCY_BYTES", 64<<10),
-		IdempotencySecret:   p.secret("IDEMPOTENCY_SECRET", minSecretBytes),
-		APIToken:            p.get("API_TOKEN"),
-		LogLevel:            p.level("LOG_LEVEL"),
-		LogFormat:           p.oneOf("LOG_FORMAT", "text", "json"),
+		Port:                  p.int("PORT", 0, 65535), // 0: any free port, as logged
+		MaxConnections:        p.int("MAX_CONNECTIONS", 1, 1_000_000),
+		UpstreamURL:           p.url("UPSTREAM_URL"),
+		UpstreamAuthorization: p.credential("UPSTREAM_AUTHORIZATION"),
+		UpstreamTimeout:       p.duration("UPSTREAM_TIMEOUT", time.Millisecond),
+		RequestTimeout:        p.duration("REQUEST_TIMEOUT", time.Millisecond),
+		ShutdownDrain:         p.duration("SHUTDOWN_DRAIN", 0),
+		BreakerThreshold:      p.int("BREAKER_THRESHOLD", 1, 1_000_000),
+		BreakerWindow:         p.duration("BREAKER_WINDOW", time.Millisecond),
+		BreakerBackoffMin:     p.duration("BREAKER_BACKOFF_MIN", time.Millisecond),
+		BreakerBackoffMax:     p.duration("BREAKER_BACKOFF_MAX", time.Millisecond),
+		UpstreamMaxInflight:   p.int("UPSTREAM_MAX_INFLIGHT", 1, 100_000),
+		EventCacheTTL:         p.duration("EVENT_CACHE_TTL", 0),
+		EventCacheBytes:       p.bytes("EVENT_CACHE_BYTES", 1<<20),
+		MemoryBudget:          p.bytes("MEMORY_BUDGET", 16<<20),
+		IdempotencyTTL:        p.duration("IDEMPOTENCY_TTL", time.Second),
+		IdempotencyBytes:      p.bytes("IDEMPOTENCY_BYTES", 64<<10),
+		IdempotencySecret:     p.secret("IDEMPOTENCY_SECRET", minSecretBytes),
+		APIToken:              p.get("API_TOKEN"),
+		LogLevel:              p.level("LOG_LEVEL"),
+		LogFormat:             p.oneOf("LOG_FORMAT", "text", "json"),
 		Mock: mock.Options{
 			EventDelay:  p.duration("MOCK_EVENT_DELAY", 0),
 			FailRate:    p.fraction("MOCK_FAIL_RATE"),
@@ -186,6 +192,37 @@ func (p *envParser) secret(name string, min int) []byte {
 		p.fail(name, fmt.Sprintf("(%d bytes, not shown)", len(v)), fmt.Sprintf("want at least %d bytes, like the output of: openssl rand -hex 32", min))
 	}
 	return []byte(v)
+}
+
+// credential reads a header value that must never be shown: from name, or
+// from the file that name_FILE names (the Docker secrets convention; one
+// trailing newline and surrounding spaces are dropped), not both. It must be
+// visible ASCII and spaces, so that it cannot end the header it is sent in.
+// Errors say its length and where it came from, never its bytes.
+func (p *envParser) credential(name string) string {
+	v, file := p.get(name), p.get(name+"_FILE")
+	switch {
+	case v != "" && file != "":
+		p.fail(name, "(not shown)", "set either "+name+" or "+name+"_FILE, not both")
+		return ""
+	case file != "":
+		data, err := os.ReadFile(file)
+		if err != nil {
+			p.fail(name+"_FILE", file, "cannot be read: "+err.Error())
+			return ""
+		}
+		v = strings.TrimSpace(string(data))
+		if v == "" {
+			p.fail(name+"_FILE", file, "the file is empty")
+		}
+	}
+	for _, c := range []byte(v) {
+		if c != ' ' && (c < 0x21 || c > 0x7e) {
+			p.fail(name, fmt.Sprintf("(%d bytes, not shown)", len(v)), "want visible ASCII and spaces only, like: Bearer <token>")
+			return ""
+		}
+	}
+	return v
 }
 
 // byteUnits are the suffixes bytes accepts, longest first.

@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -33,9 +34,21 @@ func main() {
 	ctx, shutdown := context.WithCancel(context.Background())
 	go guard(ctx, "signal handler", func() { stopOnSignals(sigs, shutdown, os.Stderr, os.Exit) }, nil) // ends with the process
 	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintf(os.Stderr, "eventgate: %v\n", err)
+		reportFailure(os.Stderr, os.Getenv("LOG_FORMAT"), err)
 		os.Exit(1)
 	}
+}
+
+// reportFailure writes why eventgate stopped (a bad configuration, a port
+// in use) to w as the logs are written: one JSON object if format is json
+// (as LOG_FORMAT in the environment says: the configuration may be what
+// failed), else a line of text.
+func reportFailure(w io.Writer, format string, err error) {
+	if strings.EqualFold(strings.TrimSpace(format), "json") {
+		slog.New(slog.NewJSONHandler(w, nil)).Error("eventgate stopped", "err", err.Error())
+		return
+	}
+	fmt.Fprintf(w, "eventgate: %v\n", err)
 }
 
 // stopOnSignals begins the graceful shutdown at the first signal, and at a
@@ -132,6 +145,10 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 		upstreamURL = mockURL
 	}
 
+	proxy := upstreamProxy(upstreamURL)
+	if cfg.UpstreamAuthorization != "" && proxy != "" && strings.HasPrefix(upstreamURL, "http://") {
+		return fmt.Errorf("UPSTREAM_AUTHORIZATION would reach the proxy %s in the clear (UPSTREAM_URL is http): use an https UPSTREAM_URL, or exempt its host with NO_PROXY", proxy)
+	}
 	s := wire(cfg, logger, upstreamURL, nil)
 	defer s.Close()
 	srv := newHTTPServer(cfg, newServer(logger, cfg, s), logger)
@@ -144,7 +161,10 @@ func runGateway(ctx context.Context, cfg config, logger *slog.Logger) error {
 	v, goVersion := version()
 	attrs := []any{"version", v, "go", goVersion, "upstream", redacted(upstreamURL), "embedded_mock", cfg.UpstreamURL == "", "max_connections", cfg.MaxConnections,
 		"memory_budget", formatBytes(cfg.MemoryBudget), "go_memory_limit", limit}
-	if proxy := upstreamProxy(upstreamURL); proxy != "" {
+	if cfg.UpstreamAuthorization != "" {
+		attrs = append(attrs, "upstream_authorization", "set (not shown)")
+	}
+	if proxy != "" {
 		attrs = append(attrs, "upstream_proxy", proxy+" (from HTTPS_PROXY or HTTP_PROXY; NO_PROXY exempts hosts)")
 	}
 	if cfg.APIToken == "" {

@@ -435,3 +435,19 @@ func TestUpstreamCredentialsNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+// TestStartupFailuresFollowLogFormat: why eventgate stopped is one JSON
+// object on stderr with LOG_FORMAT=json, and a line of text otherwise.
+func TestStartupFailuresFollowLogFormat(t *testing.T) {
+	failure := errors.New(`invalid PORT="x": want a whole number from 0 to 65535`)
+	var js, text bytes.Buffer
+	reportFailure(&js, "JSON", failure)
+	reportFailure(&text, "", failure)
+	var entry map[string]any
+	if err := json.Unmarshal(js.Bytes(), &entry); err != nil || entry["level"] != "ERROR" || entry["err"] != failure.Error() {
+		t.Errorf("with LOG_FORMAT=json: %q; want one JSON object, level ERROR, with the error", js.String())
+	}
+	if text.String() != "eventgate: "+failure.Error()+"\n" {
+		t.Errorf("with the text format: %q", text.String())
+	}
+}

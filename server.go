@@ -58,6 +58,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 	})
 	up := newUpstream(upstreamOptions{
 		BaseURL:       upstreamURL,
+		Authorization: cfg.UpstreamAuthorization,
 		Timeout:       cfg.UpstreamTimeout,
 		MaxInflight:   cfg.UpstreamMaxInflight,
 		Retry:         defaultRetryPolicy(),

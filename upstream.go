@@ -177,6 +177,7 @@ var errCallTimeout = errors.New("upstream call exceeded UPSTREAM_TIMEOUT")
 // It is safe for concurrent use.
 type upstream struct {
 	base          string // the base URL without a trailing slash
+	authorization string // sent as Authorization on every call; "" for none
 	client        *http.Client
 	timeout       time.Duration // one call, UPSTREAM_TIMEOUT
 	slots         chan struct{} // process-wide bound on calls in flight
@@ -192,6 +193,7 @@ type upstream struct {
 // Transport (nil: the one newTransport tunes for a real upstream).
 type upstreamOptions struct {
 	BaseURL       string
+	Authorization string // "" sends none
 	Timeout       time.Duration
 	MaxInflight   int
 	Retry         retryPolicy
@@ -207,7 +209,8 @@ func newUpstream(o upstreamOptions) *upstream {
 		o.Transport = newTransport(o.MaxInflight, o.Metrics)
 	}
 	return &upstream{
-		base: strings.TrimRight(o.BaseURL, "/"),
+		base:          strings.TrimRight(o.BaseURL, "/"),
+		authorization: o.Authorization,
 		client: &http.Client{
 			Transport: o.Transport,
 			// A redirect is answered as the fault it is: following it would
@@ -629,6 +632,11 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 	}
 	if id := requestIDFrom(ctx); id != "" {
 		req.Header.Set("X-Request-ID", id)
+	}
+	if u.authorization != "" {
+		// Only ever to the base URL's host: redirects are not followed, and
+		// runGateway refuses a proxy that would read it in the clear.
+		req.Header.Set("Authorization", u.authorization)
 	}
 
 	resp, err := u.client.Do(req)

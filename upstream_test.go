@@ -2,6 +2,7 @@ package main
 
 import (
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -693,5 +697,86 @@ func TestAnEventKeepsNoLargerBuffer(t *testing.T) {
 		if err != nil || string(ev.JSON) != `{"id": "e", "userId": "1"}` || cap(ev.JSON) > 2*len(ev.JSON) {
 			t.Errorf("chunked %v: event %.40q of capacity %d, %v; want the object alone in a buffer about its length", chunked, ev.JSON, cap(ev.JSON), err)
 		}
+	}
+}
+
+// TestUpstreamAuthorizationOnEveryCall: with UPSTREAM_AUTHORIZATION set,
+// every upstream call (lists, a user, its events, a write) carries it as
+// Authorization, and never the client's own credential, even with
+// API_TOKEN on; without it, no call carries an Authorization at all.
+func TestUpstreamAuthorizationOnEveryCall(t *testing.T) {
+	for _, credential := range []string{"Bearer upstream-s3cret", ""} {
+		m := quietMock()
+		var mu sync.Mutex
+		seen := map[string]string{} // path → Authorization
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			seen[r.URL.Path] = r.Header.Get("Authorization")
+			mu.Unlock()
+			m.ServeHTTP(w, r)
+		}), func(c *config) { c.UpstreamAuthorization, c.APIToken = credential, "client-token" })
+		g.get("/getUsers")
+		g.get("/getEvents")
+		g.get("/getEventsByUserId/1")
+		if rec := g.post("/addEvent", `{"name": "x", "userId": "1"}`, "Authorization", "Bearer client-token"); rec.Code != 200 {
+			t.Fatalf("POST /addEvent = %d", rec.Code)
+		}
+		mu.Lock()
+		if len(seen) < 5 {
+			t.Errorf("only %d upstream paths were called: %v", len(seen), seen)
+		}
+		for path, got := range seen {
+			if got != credential {
+				t.Errorf("with UPSTREAM_AUTHORIZATION %q, %s carried Authorization %q", credential, path, got)
+			}
+		}
+		mu.Unlock()
+	}
+}
+
+// TestUpstreamAuthorizationStaysSecret: the credential is in no log line
+// (start-up included); a bad one's error says its length, not its bytes;
+// UPSTREAM_AUTHORIZATION_FILE is read, trimmed of its newline, and both at
+// once are refused.
+func TestUpstreamAuthorizationStaysSecret(t *testing.T) {
+	checkGoroutines(t)
+	logs, stop, errc, _ := startRun(t, map[string]string{"UPSTREAM_AUTHORIZATION": "Bearer upstream-s3cret", "LOG_LEVEL": "debug"})
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if text := logs.String(); strings.Contains(text, "s3cret") || !strings.Contains(text, "upstream_authorization") {
+		t.Errorf("start-up log shows the credential, or does not say one is set:\n%s", text)
+	}
+	_, err := loadConfig(envOf(map[string]string{"UPSTREAM_AUTHORIZATION": "Bearer s3cret\r\nX-Injected: 1"}))
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "UPSTREAM_AUTHORIZATION") {
+		t.Errorf("a credential that would end its header: %v; want an error naming the variable, not the value", err)
+	}
+	file := filepath.Join(t.TempDir(), "credential")
+	if err := writeFile(file, "Bearer from-a-file\n"); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := loadConfig(envOf(map[string]string{"UPSTREAM_AUTHORIZATION_FILE": file})); err != nil || c.UpstreamAuthorization != "Bearer from-a-file" {
+		t.Errorf("from a file: %q, %v; want the file's line", c.UpstreamAuthorization, err)
+	}
+	_, err = loadConfig(envOf(map[string]string{"UPSTREAM_AUTHORIZATION_FILE": file, "UPSTREAM_AUTHORIZATION": "Bearer s3cret"}))
+	if err == nil || strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "from-a-file") {
+		t.Errorf("both set: %v; want an error showing neither", err)
+	}
+}
+
+// TestUpstreamAuthorizationNeverThroughAPlainProxy: with an http upstream
+// and a proxy from the environment, which would read the credential, the
+// start stops and says why (in a process of its own: net/http reads the
+// proxy variables once per process).
+func TestUpstreamAuthorizationNeverThroughAPlainProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // a start that does not stop is killed
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "EVENTGATE_RUN_MAIN=1", "PORT=0", "SHUTDOWN_DRAIN=0s",
+		"UPSTREAM_URL=http://events.internal.test", "UPSTREAM_AUTHORIZATION=Bearer s3cret", "HTTP_PROXY=http://127.0.0.1:9", "NO_PROXY=")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in the clear") || strings.Contains(string(out), "s3cret") {
+		t.Errorf("http upstream behind a proxy, with a credential: %v\n%s\nwant a refusal to start that names the risk, not the credential", err, out)
 	}
 }
