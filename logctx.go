@@ -1,7 +1,7 @@
 package main
 
-// The request-scoped values every layer reads: the request id and the
-// logger that carries it. They sit at the bottom, so that the upstream
+// The request-scoped values every layer reads: the request id, its trace
+// and the logger that carries the id. They sit at the bottom, so that the upstream
 // client and the fan-out can log with the request's id without reaching up
 // into the middleware.
 
@@ -20,6 +20,7 @@ type requestScopeKey struct{}
 // the formatting of the id.
 type requestScope struct {
 	id     string
+	trace  traceContext
 	base   *slog.Logger
 	once   sync.Once
 	logger *slog.Logger // base with request_id, once made
@@ -43,8 +44,23 @@ func loggerFrom(ctx context.Context) *slog.Logger {
 	return s.logger
 }
 
-// withRequest returns ctx carrying the request's id and a logger that
-// adds it to base.
-func withRequest(ctx context.Context, id string, base *slog.Logger) context.Context {
-	return context.WithValue(ctx, requestScopeKey{}, &requestScope{id: id, base: base})
+// traceFrom returns the trace of the request of ctx, if it has one.
+func traceFrom(ctx context.Context) (traceContext, bool) {
+	s, ok := ctx.Value(requestScopeKey{}).(*requestScope)
+	if !ok {
+		return traceContext{}, false
+	}
+	return s.trace, true
+}
+
+// withRequest returns ctx carrying the request's id, its trace, and a
+// logger that adds the id to base.
+func withRequest(ctx context.Context, id string, trace traceContext, base *slog.Logger) context.Context {
+	return context.WithValue(ctx, requestScopeKey{}, &requestScope{id: id, trace: trace, base: base})
+}
+
+// traceIDFrom returns the trace id of the request of ctx, or "".
+func traceIDFrom(ctx context.Context) string {
+	t, _ := traceFrom(ctx)
+	return t.traceID
 }

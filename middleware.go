@@ -119,10 +119,12 @@ func withSecurityHeaders(next http.Handler) http.Handler {
 // and upstream headers.
 const maxRequestIDLength = 128
 
-// withRequestID gives the request an id (the client's X-Request-ID if it
-// is short visible ASCII, else a new one), echoes it, and puts it and a
-// logger that carries it in the request's context.
-func withRequestID(logger *slog.Logger) middleware {
+// withRequestScope gives the request an id (the client's X-Request-ID if
+// it is short visible ASCII, else a new one) and a trace (the client's
+// traceparent continued if valid, else a new one), echoes both
+// (X-Request-Id, traceresponse), and puts them and a logger that carries
+// the id in the request's context.
+func withRequestScope(logger *slog.Logger) middleware {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			id := r.Header.Get("X-Request-ID")
@@ -130,7 +132,9 @@ func withRequestID(logger *slog.Logger) middleware {
 				id = rand.Text()
 			}
 			w.Header().Set("X-Request-Id", id) // canonical already: Set need not copy the key
-			next.ServeHTTP(w, r.WithContext(withRequest(r.Context(), id, logger)))
+			trace := parseTraceContext(r.Header.Values("Traceparent"), r.Header.Values("Tracestate"))
+			w.Header().Set("Traceresponse", trace.header())
+			next.ServeHTTP(w, r.WithContext(withRequest(r.Context(), id, trace, logger)))
 		})
 	}
 }
@@ -170,6 +174,7 @@ func withAccessLog(logger *slog.Logger, m *metrics) middleware {
 			m.observe(m.reqDuration, labels{route}, d)
 			logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
 				slog.String("request_id", requestIDFrom(r.Context())),
+				slog.String("trace_id", traceIDFrom(r.Context())),
 				slog.String("method", r.Method),
 				slog.String("route", route),
 				slog.String("path", cut(r.URL.Path, maxLoggedPath)),

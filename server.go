@@ -127,7 +127,7 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 		withWriteDeadline,
 		withDrainClose(s.ready),
 		withSecurityHeaders,
-		withRequestID(logger),
+		withRequestScope(logger),
 		withDeadline(cfg.RequestTimeout),
 		withAccessLog(logger, s.metrics),
 		withRecovery,

@@ -633,6 +633,12 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 	if id := requestIDFrom(ctx); id != "" {
 		req.Header.Set("X-Request-ID", id)
 	}
+	if trace, ok := traceFrom(ctx); ok {
+		req.Header.Set("Traceparent", trace.header()) // this call's own parent id
+		if trace.state != "" {
+			req.Header.Set("Tracestate", trace.state)
+		}
+	}
 	if u.authorization != "" {
 		// Only ever to the base URL's host: redirects are not followed, and
 		// runGateway refuses a proxy that would read it in the clear.
