@@ -44,7 +44,8 @@ type config struct {
 	IdempotencyBytes  int64
 	IdempotencySecret []byte // nil: a random one, so keys hold within this process only
 
-	APIToken  string // empty: POST /addEvent is open
+	APIToken  string     // empty: POST /addEvent is open
+	CORS      corsPolicy // CORS_ORIGINS; empty: no cross-origin requests
 	LogLevel  slog.Level
 	LogFormat string // "text" or "json"
 
@@ -74,6 +75,7 @@ var envDefaults = []struct{ name, value string }{
 	{"IDEMPOTENCY_BYTES", "32MiB"},
 	{"IDEMPOTENCY_SECRET", ""},
 	{"API_TOKEN", ""},
+	{"CORS_ORIGINS", ""},
 	{"LOG_LEVEL", "info"},
 	{"LOG_FORMAT", "text"},
 	{"MOCK_EVENT_DELAY", "500ms"},
@@ -108,6 +110,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		IdempotencyBytes:      p.bytes("IDEMPOTENCY_BYTES", 64<<10),
 		IdempotencySecret:     p.secret("IDEMPOTENCY_SECRET", minSecretBytes),
 		APIToken:              p.get("API_TOKEN"),
+		CORS:                  p.origins("CORS_ORIGINS"),
 		LogLevel:              p.level("LOG_LEVEL"),
 		LogFormat:             p.oneOf("LOG_FORMAT", "text", "json"),
 		Mock: mock.Options{
@@ -293,6 +296,29 @@ func (p *envParser) url(name string) string {
 		p.fail(name, v, "want a base URL without a query (?…) or a fragment (#…): eventgate appends the paths of the calls")
 	}
 	return v
+}
+
+// origins reads a comma-separated list of origins (scheme://host[:port],
+// no path) and "*", for CORS.
+func (p *envParser) origins(name string) corsPolicy {
+	var c corsPolicy
+	for _, o := range strings.Split(p.get(name), ",") {
+		o = strings.ToLower(strings.TrimSpace(o))
+		if o == "" {
+			continue
+		}
+		if o == "*" {
+			c.anyReads = true
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(o, "?#") {
+			p.fail(name, o, "want origins like https://app.example.com or http://localhost:5173, comma-separated, or * for reads from any origin")
+			continue
+		}
+		c.origins = append(c.origins, o)
+	}
+	return c
 }
 
 // redacted returns a URL for logs and errors with every part that can hold

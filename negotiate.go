@@ -48,7 +48,7 @@ func writeAnswer(w http.ResponseWriter, r *http.Request, held *memoryAccount, p 
 	h := w.Header()
 	h.Set("Etag", tag) // the canonical form: Set need not copy the key
 	h.Set("Cache-Control", "no-cache")
-	h.Set("Vary", "Accept-Encoding")
+	h.Add("Vary", "Accept-Encoding") // beside Origin, with CORS on
 	h.Set("Content-Type", "application/json")
 	if etagMatches(r.Header.Values("If-None-Match"), tag) {
 		w.WriteHeader(http.StatusNotModified)

@@ -121,7 +121,8 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 	for _, r := range rs {
 		mux.Handle(r.pattern, r.handler)
 	}
-	mux.Handle("/", handleNoRoute(rs))
+	methodsOf := pathMethods(rs)
+	mux.Handle("/", handleNoRoute(methodsOf))
 	return chain(mux, // outermost first
 		withServingMark,
 		withWriteDeadline,
@@ -131,19 +132,24 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 		withDeadline(cfg.RequestTimeout),
 		withAccessLog(logger, s.metrics),
 		withRecovery,
+		withCORS(cfg.CORS, methodsOf),
 		withStarTarget,
 		withCanonicalPath,
 	)
 }
 
-// handleNoRoute answers what no route matched. Because "/" matches every
-// method, ServeMux routes a wrong method here instead of writing its own
-// plain-text 405; so this answers 405 with Allow if the path is one of the
-// routes', or 404, in JSON either way. The methods of each path are worked
-// out once, from rs: answering costs one lookup, whatever the request holds.
-func handleNoRoute(rs []route) http.Handler {
-	type methods []string
-	paths := http.NewServeMux() // each path, any method → the methods it has
+// methods is what pathMethods finds for a path: the methods its routes have.
+type methods []string
+
+// ServeHTTP is never called: methods is a handler only to be found by a
+// ServeMux.
+func (methods) ServeHTTP(http.ResponseWriter, *http.Request) {}
+
+// pathMethods returns the lookup of the methods a request's path has in
+// rs (HEAD beside GET), nil for a path of none. It is worked out once,
+// from rs: a lookup costs one ServeMux match, whatever the request holds.
+func pathMethods(rs []route) func(*http.Request) []string {
+	paths := http.NewServeMux() // each path, any method → its methods
 	allowed := map[string]methods{}
 	var order []string
 	for _, r := range rs {
@@ -157,18 +163,30 @@ func handleNoRoute(rs []route) http.Handler {
 		}
 	}
 	for _, path := range order {
-		allow := allowed[path]
-		paths.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Allow", strings.Join(allow, ", "))
-			writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
-				r.Method, r.URL.Path, strings.Join(allow, " or ")))
-		}))
+		paths.Handle(path, allowed[path])
 	}
+	return func(r *http.Request) []string {
+		h, pattern := paths.Handler(r)
+		if pattern == "" {
+			return nil
+		}
+		return h.(methods)
+	}
+}
+
+// handleNoRoute answers what no route matched. Because "/" matches every
+// method, ServeMux routes a wrong method here instead of writing its own
+// plain-text 405; so this answers 405 with Allow if the path is one of the
+// routes', or 404, in JSON either way.
+func handleNoRoute(methodsOf func(*http.Request) []string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if h, pattern := paths.Handler(r); pattern != "" {
-			h.ServeHTTP(w, r)
+		allow := methodsOf(r)
+		if allow == nil {
+			writeError(w, r, errorf(http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path))
 			return
 		}
-		writeError(w, r, errorf(http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path))
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, "%s is not allowed on %s; use %s",
+			r.Method, r.URL.Path, strings.Join(allow, " or ")))
 	})
 }
