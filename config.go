@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
+	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +20,7 @@ import (
 
 // config is everything eventgate reads from its environment, once, at start.
 type config struct {
+	ListenAddr     string // the interface's address; "": all interfaces
 	Port           int
 	MaxConnections int    // client connections open at once
 	UpstreamURL    string // empty: start the embedded mock
@@ -55,6 +59,7 @@ type config struct {
 // envDefaults lists every variable with its default, in the order of the
 // README's table.
 var envDefaults = []struct{ name, value string }{
+	{"LISTEN_ADDR", ""},
 	{"PORT", "3000"},
 	{"MAX_CONNECTIONS", "4096"},
 	{"UPSTREAM_URL", ""},
@@ -91,6 +96,7 @@ var envDefaults = []struct{ name, value string }{
 func loadConfig(getenv func(string) string) (config, error) {
 	p := envParser{getenv: getenv}
 	c := config{
+		ListenAddr:            p.ip("LISTEN_ADDR"),
 		Port:                  p.int("PORT", 0, 65535), // 0: any free port, as logged
 		MaxConnections:        p.int("MAX_CONNECTIONS", 1, 1_000_000),
 		UpstreamURL:           p.url("UPSTREAM_URL"),
@@ -195,6 +201,15 @@ func (p *envParser) secret(name string, min int) []byte {
 		p.fail(name, fmt.Sprintf("(%d bytes, not shown)", len(v)), fmt.Sprintf("want at least %d bytes, like the output of: openssl rand -hex 32", min))
 	}
 	return []byte(v)
+}
+
+// ip reads an IP address (v4 or v6) or localhost; empty is "".
+func (p *envParser) ip(name string) string {
+	v := p.get(name)
+	if v != "" && v != "localhost" && net.ParseIP(v) == nil {
+		p.fail(name, v, "want the IP address of an interface, like 127.0.0.1 or ::1 (empty: every interface)")
+	}
+	return v
 }
 
 // credential reads a header value that must never be shown: from name, or
@@ -393,6 +408,67 @@ func readDotEnv(path string) (map[string]string, error) {
 		vars[strings.TrimSpace(key)] = value
 	}
 	return vars, sc.Err()
+}
+
+// dotEnvPrefixes are the prefixes of eventgate's variables that no other
+// program's are likely to share: a name in .env with one of them that
+// eventgate does not know is a mistake.
+var dotEnvPrefixes = []string{"UPSTREAM_", "BREAKER_", "EVENT_CACHE_", "IDEMPOTENCY_", "MOCK_", "SHUTDOWN_", "MEMORY_", "CORS_"}
+
+// checkDotEnvNames returns an error naming the first name of a .env file
+// (in order) that is not one eventgate knows (a retired one is known: it
+// is warned about) but has one of its prefixes or is a typo away from a
+// known name (one edit for names of up to six letters, two for longer
+// ones), with the closest known name. Other names are another program's,
+// and left alone.
+func checkDotEnvNames(path string, file map[string]string) error {
+	known := map[string]bool{}
+	for _, d := range envDefaults {
+		known[d.name] = true
+	}
+	for _, r := range retiredVariables {
+		known[r.name] = true
+	}
+	for _, name := range slices.Sorted(maps.Keys(file)) {
+		if known[name] {
+			continue
+		}
+		closest, distance := "", 1<<30
+		for _, d := range envDefaults {
+			if n := editDistance(name, d.name); n < distance {
+				closest, distance = d.name, n
+			}
+		}
+		typo := distance <= 1 || distance <= 2 && len(name) > 6
+		if typo || slices.ContainsFunc(dotEnvPrefixes, func(p string) bool { return strings.HasPrefix(name, p) }) {
+			return fmt.Errorf("%s sets %s, which eventgate does not know; did you mean %s? (README.md lists every variable)", path, name, closest)
+		}
+	}
+	return nil
+}
+
+// editDistance is the number of single-character insertions, deletions,
+// substitutions and swaps of neighbours that turn a into b.
+func editDistance(a, b string) int {
+	prev2, prev, cur := make([]int, len(b)+1), make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
 }
 
 // withDotEnv returns a getenv in which the real environment wins over the

@@ -121,3 +121,44 @@ func TestRetiredVariablesAreNamedWithTheirReplacement(t *testing.T) {
 		}
 	}
 }
+
+// TestDotEnvTyposStopTheStart: a .env name a typo away from a known one,
+// or with one of eventgate's prefixes, stops the start naming it and the
+// closest known name; a retired name, and other programs' names, do not.
+func TestDotEnvTyposStopTheStart(t *testing.T) {
+	for _, tt := range []struct {
+		line, closest string
+	}{
+		{"UPSTREAM_TIMOUT=5s", "UPSTREAM_TIMEOUT"},
+		{"BRAEKER_THRESHOLD=5", "BREAKER_THRESHOLD"},
+		{"PROT=3000", "PORT"},
+		{"UPSTREAM_TOKEN=abc", "UPSTREAM_URL"},
+		{"MOCK_DELAY=1s", ""},
+		{"CORS_ORIGIN=https://a.example", "CORS_ORIGINS"},
+		{"EVENT_CACHE_SIZE=1000", "-"}, // retired: a warning, not an error
+		{"COMPOSE_PROJECT_NAME=x", "-"},
+		{"HOST=box", "-"},
+		{"DATABASE_URL=postgres://x", "-"},
+	} {
+		name, value, _ := strings.Cut(tt.line, "=")
+		err := checkDotEnvNames(".env", map[string]string{name: value})
+		switch {
+		case tt.closest == "-" && err != nil:
+			t.Errorf("%s: %v; want it left alone", tt.line, err)
+		case tt.closest != "-" && (err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "did you mean "+tt.closest)):
+			t.Errorf("%s: %v; want an error naming %s and %s", tt.line, err, name, tt.closest)
+		}
+	}
+}
+
+// TestRunStopsAtADotEnvTypo: the start itself stops at the typo.
+func TestRunStopsAtADotEnvTypo(t *testing.T) {
+	file := t.TempDir() + "/.env"
+	if err := writeFile(file, "UPSTREAM_TIMOUT=5s\n"); err != nil {
+		t.Fatal(err)
+	}
+	err := run(t.Context(), []string{"eventgate", "-env-file=" + file}, envOf(map[string]string{"PORT": "0"}), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "did you mean UPSTREAM_TIMEOUT") {
+		t.Errorf("run with a typo in .env = %v; want it refused", err)
+	}
+}

@@ -97,13 +97,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", *envFile, err)
 	}
+	if err := checkDotEnvNames(*envFile, file); err != nil {
+		return err
+	}
 	getenv = withDotEnv(getenv, file)
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
 	}
 	if *healthcheck {
-		return checkHealth(ctx, cfg.Port)
+		return checkHealth(ctx, cfg.ListenAddr, cfg.Port)
 	}
 	logger := newLogger(stdout, cfg)
 	for _, warning := range retiredSet(getenv) {
@@ -215,7 +218,7 @@ func setMemoryLimit(cfg config) string {
 // newHTTPServer returns a server whose timeouts are chosen, not defaulted.
 func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server {
 	return &http.Server{
-		Addr:    ":" + strconv.Itoa(cfg.Port),
+		Addr:    net.JoinHostPort(cfg.ListenAddr, strconv.Itoa(cfg.Port)),
 		Handler: h,
 		// Headers are small: a client that takes longer is slowloris.
 		ReadHeaderTimeout: 5 * time.Second,
@@ -315,11 +318,16 @@ func startEmbeddedMock(cfg config, logger *slog.Logger) (string, func(), error) 
 	return "http://" + ln.Addr().String(), stop, nil
 }
 
-// checkHealth calls the local /health, for -healthcheck.
-func checkHealth(ctx context.Context, port int) error {
+// checkHealth calls the local /health, for -healthcheck: on the address
+// listened on, or on 127.0.0.1 when that is every interface.
+func checkHealth(ctx context.Context, listenAddr string, port int) error {
+	host := listenAddr
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", port), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, strconv.Itoa(port))+"/health", nil)
 	if err != nil {
 		return err
 	}
