@@ -451,3 +451,20 @@ func TestStartupFailuresFollowLogFormat(t *testing.T) {
 		t.Errorf("with the text format: %q", text.String())
 	}
 }
+
+// TestListenAddrChoosesTheInterface: LISTEN_ADDR=127.0.0.1 listens there
+// only; a value that is not an interface's address is refused.
+func TestListenAddrChoosesTheInterface(t *testing.T) {
+	checkGoroutines(t)
+	logs, stop, errc, port := startRun(t, map[string]string{"LISTEN_ADDR": "127.0.0.1"})
+	if !strings.Contains(logs.String(), fmt.Sprintf("addr=127.0.0.1:%d", port)) {
+		t.Errorf("start-up log does not show 127.0.0.1:%d:\n%s", port, logs)
+	}
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(envOf(map[string]string{"LISTEN_ADDR": "my-laptop"})); err == nil || !strings.Contains(err.Error(), "LISTEN_ADDR") {
+		t.Errorf("LISTEN_ADDR=my-laptop: %v; want an error naming the variable", err)
+	}
+}
