@@ -327,8 +327,12 @@ func (p *envParser) origins(name string) corsPolicy {
 			continue
 		}
 		u, err := url.Parse(o)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(o, "?#") {
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(o, "?#*") {
 			p.fail(name, o, "want origins like https://app.example.com or http://localhost:5173, comma-separated, or * for reads from any origin")
+			continue
+		}
+		if u.Port() == "443" && u.Scheme == "https" || u.Port() == "80" && u.Scheme == "http" {
+			p.fail(name, o, "browsers send an origin without its default port: leave :"+u.Port()+" out")
 			continue
 		}
 		c.origins = append(c.origins, o)
@@ -397,7 +401,10 @@ func readDotEnv(path string) (map[string]string, error) {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		key, value, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		if rest, ok := strings.CutPrefix(line, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
+			line = strings.TrimLeft(rest, " \t") // as a shell reads it
+		}
+		key, value, ok := strings.Cut(line, "=")
 		if !ok {
 			return nil, fmt.Errorf("%s:%d: want KEY=VALUE", path, n)
 		}
@@ -413,13 +420,13 @@ func readDotEnv(path string) (map[string]string, error) {
 // dotEnvPrefixes are the prefixes of eventgate's variables that no other
 // program's are likely to share: a name in .env with one of them that
 // eventgate does not know is a mistake.
-var dotEnvPrefixes = []string{"UPSTREAM_", "BREAKER_", "EVENT_CACHE_", "IDEMPOTENCY_", "MOCK_", "SHUTDOWN_", "MEMORY_", "CORS_"}
+var dotEnvPrefixes = []string{"UPSTREAM_", "BREAKER_", "EVENT_CACHE_", "IDEMPOTENCY_", "MOCK_", "SHUTDOWN_", "MEMORY_", "CORS_", "API_TOKEN", "LISTEN_"}
 
 // checkDotEnvNames returns an error naming the first name of a .env file
 // (in order) that is not one eventgate knows (a retired one is known: it
-// is warned about) but has one of its prefixes or is a typo away from a
-// known name (one edit for names of up to six letters, two for longer
-// ones), with the closest known name. Other names are another program's,
+// is warned about) but has one of its prefixes, is a known name in other
+// letter case, or is a typo away from a known name (one edit for names of
+// up to six letters, two for longer ones), with the closest known name. Other names are another program's,
 // and left alone.
 func checkDotEnvNames(path string, file map[string]string) error {
 	known := map[string]bool{}
@@ -435,11 +442,11 @@ func checkDotEnvNames(path string, file map[string]string) error {
 		}
 		closest, distance := "", 1<<30
 		for _, d := range envDefaults {
-			if n := editDistance(name, d.name); n < distance {
+			if n := editDistance(strings.ToUpper(name), d.name); n < distance {
 				closest, distance = d.name, n
 			}
 		}
-		typo := distance <= 1 || distance <= 2 && len(name) > 6
+		typo := distance <= 1 || distance <= 2 && len(name) > 6 // distance 0: another case
 		if typo || slices.ContainsFunc(dotEnvPrefixes, func(p string) bool { return strings.HasPrefix(name, p) }) {
 			return fmt.Errorf("%s sets %s, which eventgate does not know; did you mean %s? (README.md lists every variable)", path, name, closest)
 		}

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -135,7 +138,9 @@ func TestDotEnvTyposStopTheStart(t *testing.T) {
 		{"UPSTREAM_TOKEN=abc", "UPSTREAM_URL"},
 		{"MOCK_DELAY=1s", ""},
 		{"CORS_ORIGIN=https://a.example", "CORS_ORIGINS"},
-		{"EVENT_CACHE_SIZE=1000", "-"}, // retired: a warning, not an error
+		{"api_token=secret", "API_TOKEN"},      // another case: not read, and writes would be open
+		{"API_TOKEN_FILE=/run/x", "API_TOKEN"}, // a convention eventgate does not follow for this one
+		{"EVENT_CACHE_SIZE=1000", "-"},         // retired: a warning, not an error
 		{"COMPOSE_PROJECT_NAME=x", "-"},
 		{"HOST=box", "-"},
 		{"DATABASE_URL=postgres://x", "-"},
@@ -160,5 +165,40 @@ func TestRunStopsAtADotEnvTypo(t *testing.T) {
 	err := run(t.Context(), []string{"eventgate", "-env-file=" + file}, envOf(map[string]string{"PORT": "0"}), io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "did you mean UPSTREAM_TIMEOUT") {
 		t.Errorf("run with a typo in .env = %v; want it refused", err)
+	}
+}
+
+// TestDotEnvExportWithATab: "export<TAB>NAME=value" is read as a shell
+// reads it.
+func TestDotEnvExportWithATab(t *testing.T) {
+	file := t.TempDir() + "/.env"
+	if err := writeFile(file, "export\tAPI_TOKEN=s3cret\n"); err != nil {
+		t.Fatal(err)
+	}
+	vars, err := readDotEnv(file)
+	if err != nil || vars["API_TOKEN"] != "s3cret" {
+		t.Errorf("readDotEnv = %v, %v; want API_TOKEN=s3cret", vars, err)
+	}
+}
+
+// TestStartupFailureTakesLogFormatFromDotEnv: a bad value, with
+// LOG_FORMAT=json in the .env file, is reported in JSON.
+func TestStartupFailureTakesLogFormatFromDotEnv(t *testing.T) {
+	file := t.TempDir() + "/.env"
+	if err := writeFile(file, "LOG_FORMAT=json\nUPSTREAM_TIMEOUT=bogus\n"); err != nil {
+		t.Fatal(err)
+	}
+	err := run(t.Context(), []string{"eventgate", "-env-file=" + file}, envOf(map[string]string{}), io.Discard, io.Discard)
+	var se *startupError
+	if !errors.As(err, &se) || se.logFormat != "json" || !strings.Contains(err.Error(), "UPSTREAM_TIMEOUT") {
+		t.Errorf("run = %v; want the UPSTREAM_TIMEOUT error, to be reported as the .env's LOG_FORMAT (json) says", err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$") // and main reports it so, on stderr
+	cmd.Env = append(os.Environ(), "EVENTGATE_RUN_MAIN=1", "EVENTGATE_ARGS=-env-file="+file, "LOG_FORMAT=")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	var entry map[string]any
+	if err := cmd.Run(); err == nil || json.Unmarshal([]byte(stderr.String()), &entry) != nil || entry["level"] != "ERROR" {
+		t.Errorf("eventgate with that .env: %v, stderr %q; want exit 1 and one JSON line", err, stderr.String())
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -119,6 +120,28 @@ func TestCORSOffByDefault(t *testing.T) {
 	for _, bad := range []string{"app.example.com", "https://app.example.com/path", "ftp://x", "https://u@app.example.com"} {
 		if _, err := loadConfig(envOf(map[string]string{"CORS_ORIGINS": bad})); err == nil || !strings.Contains(err.Error(), "CORS_ORIGINS") {
 			t.Errorf("CORS_ORIGINS=%s: %v; want an error naming the variable", bad, err)
+		}
+	}
+}
+
+// TestCORSPreflightOnAPathNotCanonical: a preflight for /x/../addEvent is
+// the 400 of any path that is not canonical, never a failure of eventgate.
+func TestCORSPreflightOnAPathNotCanonical(t *testing.T) {
+	g := corsGateway(t, "https://app.example.com")
+	for _, path := range []string{"/getUsers/../addEvent", "//addEvent", "/x/../getUsers"} {
+		req := corsRequest("OPTIONS", "/", "https://app.example.com", "Access-Control-Request-Method", "POST")
+		req.URL.Path = path
+		if rec := g.serve(req); rec.Code != 400 {
+			t.Errorf("preflight on %s = %d; want 400", path, rec.Code)
+		}
+	}
+	methodsOf := pathMethods(routes(testConfig(t), services{}))
+	if m := methodsOf(httptest.NewRequest("OPTIONS", "/x/../getUsers", nil)); m != nil {
+		t.Errorf("the methods of a path that is not canonical: %v; want none", m)
+	}
+	for _, bad := range []string{"https://app.example.com:443", "http://app.example.com:80", "https://*.example.com"} {
+		if _, err := loadConfig(envOf(map[string]string{"CORS_ORIGINS": bad})); err == nil {
+			t.Errorf("CORS_ORIGINS=%s, which no browser sends, was accepted", bad)
 		}
 	}
 }

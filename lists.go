@@ -28,11 +28,11 @@ type listReader struct {
 	memory *memoryPool // the answers pool
 	calls  *flightGroup[uint64, []byte]
 
-	mu       sync.Mutex                // protects the fields below
-	joining  uint64                    // the generation a read arriving now joins: not yet sent
-	inFlight chan struct{}             // closed when the call in flight ends; nil if none is
-	readers  map[uint64]int            // generation → reads not yet done with its answer
-	held     map[uint64]*memoryAccount // generation → what its answer holds, while it has readers
+	mu       sync.Mutex                  // protects the fields below
+	joining  uint64                      // the generation a read arriving now joins: not yet sent
+	inFlight chan struct{}               // closed when the call in flight ends; nil if none is
+	readers  map[uint64]int              // generation → reads not yet done with its answer
+	held     map[uint64][]*memoryAccount // generation → what its answers hold, while it has readers
 }
 
 // newListReader returns the reader of the list that fetch asks for, the
@@ -43,7 +43,7 @@ func newListReader(op string, fetch func(context.Context) ([]byte, error), memor
 		memory:  memory,
 		calls:   newFlightGroup[uint64, []byte](leftCall(op)),
 		readers: map[uint64]int{},
-		held:    map[uint64]*memoryAccount{},
+		held:    map[uint64][]*memoryAccount{},
 	}
 }
 
@@ -68,10 +68,10 @@ func (l *listReader) readerDone(gen uint64) {
 		return
 	}
 	delete(l.readers, gen)
-	if held := l.held[gen]; held != nil {
-		delete(l.held, gen)
+	for _, held := range l.held[gen] {
 		held.close()
 	}
+	delete(l.held, gen)
 }
 
 // call is the shared call of generation gen: it waits for its turn,
@@ -92,7 +92,10 @@ func (l *listReader) call(ctx context.Context, gen uint64) ([]byte, error) {
 	held.keep(int64(cap(list)))
 	l.mu.Lock()
 	if l.readers[gen] > 0 {
-		l.held[gen], held = held, nil
+		// Usually the one answer of gen. A reader that took gen and was
+		// slow to join may find its call finished and make another: both
+		// answers are held until gen's last reader is done.
+		l.held[gen], held = append(l.held[gen], held), nil
 	}
 	l.mu.Unlock()
 	if held != nil {

@@ -245,3 +245,38 @@ func TestConcurrentListReadsCollapse(t *testing.T) {
 		}
 	})
 }
+
+// TestASlowListReaderHoldsNoMemoryForever: a reader that took its
+// generation but joined only after that generation's call had finished
+// makes a call of its own; once it is done, no memory of either answer is
+// left counted.
+func TestASlowListReaderHoldsNoMemoryForever(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedList()
+		pool := newMemoryPool(64 << 20)
+		l := newListReader("getEvents", g.fetch, pool)
+		defer l.Close()
+		l.mu.Lock() // what Read does before it joins: the slow reader arrives …
+		slow := l.joining
+		l.readers[slow]++
+		l.mu.Unlock()
+		quick := readAsync(t.Context(), l) // … another reader's call of the same generation runs
+		synctest.Wait()
+		g.release <- struct{}{}
+		<-quick
+		done := make(chan struct{})
+		go func() { // … and only now does the slow one join
+			defer close(done)
+			if _, err, _ := l.calls.Do(t.Context(), slow, l.call); err != nil {
+				t.Error(err)
+			}
+		}()
+		synctest.Wait()
+		g.release <- struct{}{}
+		<-done
+		l.readerDone(slow)
+		if got := pool.inUse(); got != 0 {
+			t.Errorf("after every reader is done, %d bytes are still counted; want 0", got)
+		}
+	})
+}

@@ -34,15 +34,31 @@ func main() {
 	ctx, shutdown := context.WithCancel(context.Background())
 	go guard(ctx, "signal handler", func() { stopOnSignals(sigs, shutdown, os.Stderr, os.Exit) }, nil) // ends with the process
 	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
-		reportFailure(os.Stderr, os.Getenv("LOG_FORMAT"), err)
+		format := os.Getenv("LOG_FORMAT")
+		var se *startupError
+		if errors.As(err, &se) {
+			format = se.logFormat
+		}
+		reportFailure(os.Stderr, format, err)
 		os.Exit(1)
 	}
 }
 
+// startupError is why run stopped once the configuration was read, with
+// the LOG_FORMAT it names (the environment's or the .env's), for
+// reportFailure.
+type startupError struct {
+	logFormat string
+	err       error
+}
+
+func (e *startupError) Error() string { return e.err.Error() }
+func (e *startupError) Unwrap() error { return e.err }
+
 // reportFailure writes why eventgate stopped (a bad configuration, a port
 // in use) to w as the logs are written: one JSON object if format is json
-// (as LOG_FORMAT in the environment says: the configuration may be what
-// failed), else a line of text.
+// (LOG_FORMAT as given: the configuration may be what failed), else a line
+// of text.
 func reportFailure(w io.Writer, format string, err error) {
 	if strings.EqualFold(strings.TrimSpace(format), "json") {
 		slog.New(slog.NewJSONHandler(w, nil)).Error("eventgate stopped", "err", err.Error())
@@ -101,11 +117,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	getenv = withDotEnv(getenv, file)
+	if err := runWith(ctx, getenv, stdout, *healthcheck, *mockOnly); err != nil {
+		return &startupError{logFormat: getenv("LOG_FORMAT"), err: err}
+	}
+	return nil
+}
+
+// runWith is run once the flags and the .env file are read.
+func runWith(ctx context.Context, getenv func(string) string, stdout io.Writer, healthcheck, mockOnly bool) error {
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
 	}
-	if *healthcheck {
+	if healthcheck {
 		return checkHealth(ctx, cfg.ListenAddr, cfg.Port)
 	}
 	logger := newLogger(stdout, cfg)
@@ -113,7 +137,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.WarnContext(ctx, warning)
 	}
 
-	if *mockOnly {
+	if mockOnly {
 		srv := newHTTPServer(cfg, mock.New(cfg.Mock), logger)
 		return serve(ctx, srv, cfg, logger, "mock Event API listening", nil, nil)
 	}
@@ -247,7 +271,7 @@ func shutdownTimeout(cfg config) time.Duration { return cfg.RequestTimeout + 5*t
 // cleared as shutdown begins, so /ready turns 503 while requests drain.
 // limit, if not nil, wraps the listener (the connection cap).
 func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logger, msg string, ready *atomic.Bool, limit func(net.Listener) net.Listener, attrs ...any) error {
-	ln, err := net.Listen("tcp", srv.Addr)
+	ln, err := net.Listen(listenNetwork(cfg.ListenAddr), srv.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
 	}
@@ -294,6 +318,19 @@ func serve(ctx context.Context, srv *http.Server, cfg config, logger *slog.Logge
 	return nil
 }
 
+// listenNetwork is the network to listen on for addr: IPv4 only for an IPv4
+// address (Go listens on IPv6 too for 0.0.0.0 on "tcp"), IPv6 only for an
+// IPv6 one, both for none or a name.
+func listenNetwork(addr string) string {
+	switch ip := net.ParseIP(addr); {
+	case ip == nil:
+		return "tcp"
+	case ip.To4() != nil:
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
 // startEmbeddedMock serves the mock Event API on a loopback port and
 // returns its URL and a function that stops it.
 func startEmbeddedMock(cfg config, logger *slog.Logger) (string, func(), error) {
@@ -331,7 +368,8 @@ func checkHealth(ctx context.Context, listenAddr string, port int) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// Never through a proxy from the environment: this asks this machine.
+	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}}).Do(req)
 	if err != nil {
 		return fmt.Errorf("healthcheck: %w", err)
 	}

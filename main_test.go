@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -466,5 +467,34 @@ func TestListenAddrChoosesTheInterface(t *testing.T) {
 	}
 	if _, err := loadConfig(envOf(map[string]string{"LISTEN_ADDR": "my-laptop"})); err == nil || !strings.Contains(err.Error(), "LISTEN_ADDR") {
 		t.Errorf("LISTEN_ADDR=my-laptop: %v; want an error naming the variable", err)
+	}
+}
+
+// TestListenNetworkFollowsTheAddress: an IPv4 address listens on IPv4
+// only, an IPv6 one on IPv6 only, none or a name on both.
+func TestListenNetworkFollowsTheAddress(t *testing.T) {
+	for addr, want := range map[string]string{"": "tcp", "localhost": "tcp", "0.0.0.0": "tcp4", "127.0.0.1": "tcp4", "::": "tcp6", "::1": "tcp6"} {
+		if got := listenNetwork(addr); got != want {
+			t.Errorf("listenNetwork(%q) = %s; want %s", addr, got, want)
+		}
+	}
+}
+
+// TestHealthcheckNeverGoesThroughAProxy: -healthcheck asks this machine
+// even with HTTP_PROXY set (in a process of its own: net/http reads the
+// proxy variables once per process). Nothing listens on the address, so it
+// fails, where through a proxy that answers 200 it would pass.
+func TestHealthcheckNeverGoesThroughAProxy(t *testing.T) {
+	var proxied atomic.Int32
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { proxied.Add(1) }))
+	defer proxy.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "EVENTGATE_RUN_MAIN=1", "EVENTGATE_ARGS=-healthcheck", "LISTEN_ADDR=192.0.2.2", "PORT=3799",
+		"HTTP_PROXY="+proxy.URL, "NO_PROXY=")
+	out, err := cmd.CombinedOutput()
+	if err == nil || proxied.Load() != 0 {
+		t.Errorf("-healthcheck of a dead instance with HTTP_PROXY set: %v, %d requests reached the proxy\n%s; want a failure, and none", err, proxied.Load(), out)
 	}
 }

@@ -180,7 +180,7 @@ func withAccessLog(logger *slog.Logger, m *metrics) middleware {
 				slog.String("path", cut(r.URL.Path, maxLoggedPath)),
 				slog.String("client", r.RemoteAddr),
 				slog.Int("status", rec.status()),
-				slog.Int64("bytes", rec.bytes),
+				slog.Int64("bytes", bodyBytes(r, rec)),
 				slog.Float64("duration", d.Seconds()),
 			)
 		})
@@ -263,6 +263,15 @@ func requireToken(token string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// bodyBytes is the bytes of the body sent: none for HEAD, whose body
+// net/http drops while telling the handler it was written.
+func bodyBytes(r *http.Request, rec *statusRecorder) int64 {
+	if r.Method == http.MethodHead {
+		return 0
+	}
+	return rec.bytes
 }
 
 // maxLoggedPath bounds the path in a request's log line.

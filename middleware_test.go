@@ -151,3 +151,21 @@ func TestAccessLogBoundsThePath(t *testing.T) {
 		t.Errorf("logged path of %d bytes, route %v, status %v; want the path's first 256 bytes and …, unmatched, 404", len(path), entry["route"], entry["status"])
 	}
 }
+
+// TestAccessLogCountsNoBodyForHEAD: a HEAD answer's line says 0 bytes:
+// net/http sends no body, though the handler writes one.
+func TestAccessLogCountsNoBodyForHEAD(t *testing.T) {
+	var logs strings.Builder
+	h := withAccessLog(slog.New(slog.NewJSONHandler(&logs, nil)), newMetrics())(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "a body of some bytes")
+	}))
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("HEAD", "/getUsers", nil))
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/getUsers", nil))
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	var head, get map[string]any
+	json.Unmarshal([]byte(lines[0]), &head)
+	json.Unmarshal([]byte(lines[1]), &get)
+	if head["bytes"] != float64(0) || get["bytes"] != float64(20) {
+		t.Errorf("bytes logged: HEAD %v, GET %v; want 0 and 20", head["bytes"], get["bytes"])
+	}
+}

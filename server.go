@@ -132,9 +132,9 @@ func newServer(logger *slog.Logger, cfg config, s services) http.Handler {
 		withDeadline(cfg.RequestTimeout),
 		withAccessLog(logger, s.metrics),
 		withRecovery,
-		withCORS(cfg.CORS, methodsOf),
 		withStarTarget,
 		withCanonicalPath,
+		withCORS(cfg.CORS, methodsOf),
 	)
 }
 
@@ -166,11 +166,9 @@ func pathMethods(rs []route) func(*http.Request) []string {
 		paths.Handle(path, allowed[path])
 	}
 	return func(r *http.Request) []string {
-		h, pattern := paths.Handler(r)
-		if pattern == "" {
-			return nil
-		}
-		return h.(methods)
+		h, _ := paths.Handler(r)
+		m, _ := h.(methods) // nil for no path, and for a redirect to the clean one
+		return m
 	}
 }
 

@@ -78,17 +78,22 @@ func boundTraceState(lines []string) string {
 }
 
 // validTraceStateMember reports whether m is key=value as tracestate
-// defines them: a key of lowercase letters, digits and _-*/ (with one @
-// for a tenant), a value of at most 256 visible characters but , and =.
+// defines them: a key is a lowercase letter and up to 255 of lowercase
+// letters, digits and _-*/, or tenant@system (a tenant of a letter or
+// digit and up to 240 more, a system of a letter and up to 13 more); a
+// value is at most 256 visible characters but , and =, not ending in a
+// space.
 func validTraceStateMember(m string) bool {
 	key, value, ok := strings.Cut(m, "=")
-	if !ok || key == "" || len(key) > 256 || value == "" || len(value) > 256 || value[len(value)-1] == ' ' {
+	if !ok || value == "" || len(value) > 256 || value[len(value)-1] == ' ' {
 		return false
 	}
-	for _, c := range []byte(key) {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("_-*/@", c) >= 0) {
-			return false
-		}
+	tenant, system, multi := strings.Cut(key, "@")
+	switch {
+	case !multi && !traceStateKeyPart(key, 256, false):
+		return false
+	case multi && (!traceStateKeyPart(tenant, 241, true) || !traceStateKeyPart(system, 14, false)):
+		return false
 	}
 	for _, c := range []byte(value) {
 		if c < 0x20 || c > 0x7e || c == ',' || c == '=' {
@@ -116,6 +121,21 @@ func randomHex(n int) string {
 			return hex.EncodeToString(b)
 		}
 	}
+}
+
+// traceStateKeyPart reports whether s is 1 to max characters of lowercase
+// letters, digits and _-*/, starting with a lowercase letter (or, if
+// digitFirst, a digit).
+func traceStateKeyPart(s string, max int, digitFirst bool) bool {
+	if s == "" || len(s) > max || !(s[0] >= 'a' && s[0] <= 'z' || digitFirst && s[0] >= '0' && s[0] <= '9') {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("_-*/", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func isLowerHex(s string) bool {

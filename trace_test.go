@@ -55,6 +55,7 @@ func TestTracestateIsBounded(t *testing.T) {
 		{"two lines join", []string{"congo=t61rcWkgMzE", " rojo=00f067aa0ba902b7 "}, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"},
 		{"malformed members left out", []string{"Upper=1,ok=1,=x,novalue=,sp ace=1,bad=a,b"}, "ok=1,bad=a"},
 		{"at most 32 members", []string{strings.Join(many, ",")}, strings.Join(many[:32], ",")},
+		{"keys as the specification has them", []string{"@@@=1,1abc=2,a@b@c=3,*=4,ok@sys=5,1t@s=6,t@1s=7,a/b*c-d_e=8"}, "ok@sys=5,1t@s=6,a/b*c-d_e=8"},
 		{"at most 512 bytes", []string{long}, "a=" + strings.Repeat("x", 256) + ",c=z"},
 	} {
 		if got := boundTraceState(tt.lines); got != tt.want {
