@@ -39,6 +39,7 @@ type limitedConn struct {
 	net.Conn
 	l       *connLimiter
 	counted bool          // guarded by l.mu
+	serving int           // requests being served on it (HTTP/2: streams); guarded by l.mu
 	waiting *list.Element // in l.evictable, or nil while a request is served; guarded by l.mu
 	once    sync.Once
 }
@@ -61,23 +62,30 @@ func (l *connLimiter) attach(srv *http.Server) {
 
 type limitedConnKey struct{}
 
-// markServing records whether a request is being served on the connection
-// of ctx: from when its handler starts to when it returns, except while the
-// handler waits for the client's body. A connection not being served may be
-// closed to make room, the one that has waited longest first, so a client
-// that never finishes its headers or its body holds no place; one marked
-// again goes to the back of the line.
+// markServing records that a request on the connection of ctx starts
+// being served (true) or stops (false): from when its handler starts to
+// when it returns, except while the handler waits for the client's body.
+// A connection on which no request is being served (HTTP/2: no stream) may
+// be closed to make room, the one that has waited longest first, so a
+// client that never finishes its headers or its body holds no place; one
+// that stops being served goes to the back of the line.
 func markServing(ctx context.Context, serving bool) {
 	lc, ok := ctx.Value(limitedConnKey{}).(*limitedConn)
 	if !ok {
 		return
 	}
 	lc.l.mu.Lock()
-	lc.l.setWaiting(lc, false)
-	if !serving {
+	defer lc.l.mu.Unlock()
+	if serving {
+		lc.serving++
+		lc.l.setWaiting(lc, false)
+		return
+	}
+	lc.serving--
+	if lc.serving == 0 {
+		lc.l.setWaiting(lc, false)
 		lc.l.setWaiting(lc, true)
 	}
-	lc.l.mu.Unlock()
 }
 
 // Accept returns the next connection that fits under the cap.
@@ -146,8 +154,10 @@ func (l *connLimiter) track(c net.Conn, state http.ConnState) {
 	defer l.mu.Unlock()
 	switch state {
 	case http.StateIdle:
-		l.setWaiting(lc, false) // to the back: it has waited no time yet
-		l.setWaiting(lc, true)
+		if lc.serving == 0 {
+			l.setWaiting(lc, false) // to the back: it has waited no time yet
+			l.setWaiting(lc, true)
+		}
 	case http.StateHijacked: // no longer the server's; closing is counted by Close
 		l.forget(lc)
 	}

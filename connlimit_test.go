@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -157,12 +158,14 @@ func TestFitToFileLimit(t *testing.T) {
 // honest request. Each new connection takes the place of the oldest
 // unfinished one, and every honest request is answered.
 func TestConnectionCapClosesUnfinishedRequests(t *testing.T) {
-	for name, stalled := range map[string]string{
+	stalls := map[string]string{
 		"headers cut short":             "GET /health HTTP/1.1\r\nHo",
 		"a write's body never sent":     "POST /addEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer right\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n",
 		"a read with a body never sent": "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n",
 		"a write refused for its token": "POST /addEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Length: 30\r\n\r\n",
-	} {
+	}
+	maps.Copy(stalls, h2cStalls)
+	for name, stalled := range stalls {
 		t.Run(name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				g := newTestGateway(t, quietMock(), func(c *config) { c.APIToken = "right" })

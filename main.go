@@ -256,9 +256,34 @@ func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server
 		IdleTimeout:  2 * time.Minute,
 		// "OPTIONS *" reaches the middleware, which answers it in JSON.
 		DisableGeneralOptionsHandler: true,
-		MaxHeaderBytes:               16 << 10,
+		MaxHeaderBytes:               16 << 10, // HTTP/2: the header list size it advertises
+		// h2c: HTTP/2 without TLS, with prior knowledge (as Envoy, Traefik
+		// and meshes speak it), beside HTTP/1.1. README.md ("HTTP/2") says
+		// how each limit above holds for a stream.
+		Protocols: h2cAndHTTP1(),
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: maxStreamsPerConn,
+			// Flow control: a client may have this much of a request body
+			// sent and unread, per stream (a write's whole body) and per
+			// connection, instead of 1 MiB each.
+			MaxReceiveBufferPerStream:     maxAddEventBody,
+			MaxReceiveBufferPerConnection: 4 * maxAddEventBody,
+		},
 		ErrorLog:                     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+}
+
+// maxStreamsPerConn bounds the requests one HTTP/2 connection may have in
+// flight at once (Go's default is 250): each is a request like any other
+// for the memory budget and the upstream bound.
+const maxStreamsPerConn = 100
+
+// h2cAndHTTP1 is HTTP/1.1 and HTTP/2 with prior knowledge, without TLS.
+func h2cAndHTTP1() *http.Protocols {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return p
 }
 
 // shutdownTimeout bounds how long in-flight requests may take to finish

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// h2cClient is an HTTP/2 client with prior knowledge, without TLS, that
+// dials l.
+func h2cClient(l *pipeListener) *http.Client {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{
+		Protocols:   p,
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return l.dial(), nil },
+	}}
+}
+
+// TestH2CIsServedBesideHTTP1: a client speaking HTTP/2 with prior
+// knowledge gets the same answers as one speaking HTTP/1.1.
+func TestH2CIsServedBesideHTTP1(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, quietMock(), nil)
+		l := servePipes(t, g.cfg, g.handler, nil)
+		client := h2cClient(l)
+		defer client.CloseIdleConnections()
+		resp, err := client.Get("http://x/getEventsByUserId/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != 200 || resp.Header.Get("X-Request-Id") == "" || !strings.HasPrefix(string(body), "[") {
+			t.Errorf("over h2c: %s %d, X-Request-Id %q, body %.40q; want HTTP/2 200 with the user's events", resp.Proto, resp.StatusCode, resp.Header.Get("X-Request-Id"), body)
+		}
+	})
+}
+
+// TestH2CLimitsHoldPerStream: over h2c, a write whose body never comes is
+// 408 at the same moment as over HTTP/1.1 (REQUEST_TIMEOUT less
+// UPSTREAM_TIMEOUT) and is never sent upstream; headers over 16 KiB are
+// refused, and reach nothing.
+func TestH2CLimitsHoldPerStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, quietMock(), nil)
+		l := servePipes(t, g.cfg, g.handler, nil)
+		client := h2cClient(l)
+		defer client.CloseIdleConnections()
+		never, _ := io.Pipe()
+		req, _ := http.NewRequest("POST", "http://x/addEvent", never)
+		req.ContentLength = 30
+		req.Header.Set("Content-Type", "application/json")
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if took := time.Since(start); resp.StatusCode != 408 || took != g.cfg.RequestTimeout-g.cfg.UpstreamTimeout {
+			t.Errorf("a body never sent over h2c: %d after %v; want 408 after %v", resp.StatusCode, took, g.cfg.RequestTimeout-g.cfg.UpstreamTimeout)
+		}
+
+		req, _ = http.NewRequest("GET", "http://x/getUsers", nil)
+		req.Header.Set("X-Big", strings.Repeat("a", 20<<10))
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != 431 {
+				t.Errorf("20 KiB of headers over h2c = %d; want 431 (or the client refusing to send them)", resp.StatusCode)
+			}
+		}
+		if n := g.transport.calls.Load(); n != 0 {
+			t.Errorf("%d upstream calls; want none", n)
+		}
+	})
+}
+
+// h2cFrame is one HTTP/2 frame: its 9-byte header, then payload.
+func h2cFrame(typ, flags byte, stream uint32, payload []byte) string {
+	h := make([]byte, 9, 9+len(payload))
+	h[0], h[1], h[2] = byte(len(payload)>>16), byte(len(payload)>>8), byte(len(payload))
+	h[3], h[4] = typ, flags
+	binary.BigEndian.PutUint32(h[5:], stream)
+	return string(append(h, payload...))
+}
+
+// hpackLiterals encodes headers as HPACK literals without indexing, with
+// no Huffman coding (every name and value under 127 bytes).
+func hpackLiterals(kv ...string) []byte {
+	var b []byte
+	for i := 0; i+1 < len(kv); i += 2 {
+		b = append(b, 0, byte(len(kv[i])))
+		b = append(b, kv[i]...)
+		b = append(b, byte(len(kv[i+1])))
+		b = append(b, kv[i+1]...)
+	}
+	return b
+}
+
+// h2cStalls are how an HTTP/2 client holds a connection without finishing
+// a request: the connection preface and a SETTINGS frame, then headers cut
+// short (no END_HEADERS, and no CONTINUATION ever), or a write's headers
+// whose body never comes.
+var h2cStalls = map[string]string{
+	"h2c: headers cut short": "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2cFrame(0x4, 0, 0, nil) +
+		h2cFrame(0x1, 0, 1, hpackLiterals(":method", "GET", ":scheme", "http")),
+	"h2c: a write's body never sent": "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2cFrame(0x4, 0, 0, nil) +
+		h2cFrame(0x1, 0x4, 1, hpackLiterals(":method", "POST", ":scheme", "http", ":authority", "x", ":path", "/addEvent",
+			"authorization", "Bearer right", "content-type", "application/json", "content-length", "30")),
+}
+
+// TestAnHTTP2ConnectionIsServedWhileAnyStreamIs: with two streams served
+// on one connection, the end of one leaves the connection out of those
+// that may be closed to make room; the end of both puts it back.
+func TestAnHTTP2ConnectionIsServedWhileAnyStreamIs(t *testing.T) {
+	pl := newPipeListener()
+	l := newConnLimiter(pl, 10, newMetrics())
+	go pl.dial()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lc := c.(*limitedConn)
+	ctx := context.WithValue(t.Context(), limitedConnKey{}, lc)
+	evictable := func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return lc.waiting != nil
+	}
+	markServing(ctx, true)
+	markServing(ctx, true)
+	markServing(ctx, false)
+	if evictable() {
+		t.Error("a connection with one of its two streams still served may be closed to make room")
+	}
+	markServing(ctx, false)
+	if !evictable() {
+		t.Error("a connection with no stream served may not be closed to make room")
+	}
+}
+
+// countingReader counts what is read from it: n bytes of zeros.
+type countingReader struct {
+	left int
+	read atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if c.left == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), c.left)
+	clear(p[:n])
+	c.left -= n
+	c.read.Add(int64(n))
+	return n, nil
+}
+
+// TestH2CBuffersLittleOfABodyNobodyReads: a client sending a megabyte to a
+// handler that never reads it can have at most a write's worth (64 KiB,
+// the stream's flow-control window) sent before it must wait, not Go's
+// default of a megabyte.
+func TestH2CBuffersLittleOfABodyNobodyReads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		block := make(chan struct{})
+		g := newTestGateway(t, quietMock(), nil)
+		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }) // reads nothing
+		l := servePipes(t, g.cfg, handler, nil)
+		client := h2cClient(l)
+		defer client.CloseIdleConnections()
+		body := &countingReader{left: 1 << 20}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			req, _ := http.NewRequest("POST", "http://x/addEvent", body)
+			if resp, err := client.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		synctest.Wait()
+		if n := body.read.Load(); n > 64<<10+16<<10 {
+			t.Errorf("the client could send %d bytes that nobody read; want at most the 64 KiB window (and a frame)", n)
+		}
+		close(block)
+		<-done
+	})
+}
