@@ -269,7 +269,7 @@ func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server
 			MaxReceiveBufferPerStream:     maxAddEventBody,
 			MaxReceiveBufferPerConnection: 4 * maxAddEventBody,
 		},
-		ErrorLog:                     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }
 
