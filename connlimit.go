@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // connLimiter is a net.Listener that keeps at most max client connections
@@ -40,6 +41,7 @@ type limitedConn struct {
 	l       *connLimiter
 	counted bool          // guarded by l.mu
 	serving int           // requests being served on it (HTTP/2: streams); guarded by l.mu
+	resets  []time.Time   // HTTP/2 streams its client cancelled, within resetWindow; guarded by l.mu
 	waiting *list.Element // in l.evictable, or nil while a request is served; guarded by l.mu
 	once    sync.Once
 }
@@ -85,6 +87,36 @@ func markServing(ctx context.Context, serving bool) {
 	if lc.serving == 0 {
 		lc.l.setWaiting(lc, false)
 		lc.l.setWaiting(lc, true)
+	}
+}
+
+// streamResetsAllowed is how many HTTP/2 requests a client may cancel
+// (RST_STREAM) on one connection within resetWindow: a client that asks
+// and cancels faster than that (rapid reset, CVE-2023-44487) loses the
+// connection. Browsers cancel a few when a page is left.
+const (
+	streamResetsAllowed = 100
+	resetWindow         = 10 * time.Second
+)
+
+// streamReset counts a request its client cancelled on the connection of
+// ctx, at now, and closes the connection once there are more than
+// streamResetsAllowed within resetWindow.
+func streamReset(ctx context.Context, now time.Time) {
+	lc, ok := ctx.Value(limitedConnKey{}).(*limitedConn)
+	if !ok {
+		return
+	}
+	lc.l.mu.Lock()
+	cutoff := now.Add(-resetWindow)
+	for len(lc.resets) > 0 && !lc.resets[0].After(cutoff) {
+		lc.resets = lc.resets[1:]
+	}
+	lc.resets = append(lc.resets, now)
+	tooMany := len(lc.resets) > streamResetsAllowed
+	lc.l.mu.Unlock()
+	if tooMany {
+		lc.Close()
 	}
 }
 

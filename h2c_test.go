@@ -193,3 +193,92 @@ func TestH2CBuffersLittleOfABodyNobodyReads(t *testing.T) {
 		<-done
 	})
 }
+
+// h2cSettings is the connection preface and a SETTINGS frame that opens the
+// client's stream window as wide as HTTP/2 allows, and its connection
+// window too: flow control never holds the gateway back.
+var h2cSettings = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" +
+	h2cFrame(0x4, 0, 0, []byte{0, 4, 0x7f, 0xff, 0xff, 0xff}) + // SETTINGS_INITIAL_WINDOW_SIZE = 2^31-1
+	h2cFrame(0x8, 0, 0, []byte{0x7f, 0xff, 0x00, 0x00}) // WINDOW_UPDATE on the connection
+
+// h2cGet is a HEADERS frame of a GET of path on stream id, ending it.
+func h2cGet(id uint32, path string) string {
+	return h2cFrame(0x1, 0x5, id, hpackLiterals(":method", "GET", ":scheme", "http", ":authority", "x", ":path", path))
+}
+
+// TestAnH2CClientThatStopsReadingIsCutOff: a client that asks for answers
+// and never reads its socket (so no stream's reset can reach it either) is
+// cut off once nothing could be written to it for writeStallTimeout, and
+// leaves no connection and no handler behind.
+func TestAnH2CClientThatStopsReadingIsCutOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, quietMock(), nil)
+		var limiter *connLimiter
+		l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener {
+			limiter = newConnLimiter(inner, 10, g.metrics)
+			return limiter
+		})
+		c := l.dial()
+		defer c.Close()
+		go func() {
+			io.WriteString(c, h2cSettings)
+			for id := uint32(1); id < 40; id += 2 {
+				io.WriteString(c, h2cGet(id, "/metrics"))
+			}
+		}() // and never a read
+		time.Sleep(time.Second)
+		synctest.Wait()
+		limiter.mu.Lock()
+		open := limiter.open
+		limiter.mu.Unlock()
+		if open != 1 {
+			t.Fatalf("%d connections open while the client stalls; want its 1", open)
+		}
+		time.Sleep(writeStallTimeout + time.Second)
+		synctest.Wait()
+		limiter.mu.Lock()
+		open = limiter.open
+		limiter.mu.Unlock()
+		if open != 0 {
+			t.Errorf("%d connections still open %v after the client stopped reading; want 0", open, writeStallTimeout+2*time.Second)
+		}
+	})
+}
+
+// TestRapidResetClosesTheConnection: a client that opens streams and
+// cancels them at once (CVE-2023-44487) loses its connection after
+// streamResetsAllowed of them; a few cancellations do not.
+func TestRapidResetClosesTheConnection(t *testing.T) {
+	for _, tt := range []struct {
+		resets     int
+		wantClosed bool
+	}{{10, false}, {streamResetsAllowed + 20, true}} {
+		synctest.Test(t, func(t *testing.T) {
+			g := newTestGateway(t, hangingUpstream(), nil)
+			var limiter *connLimiter
+			l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener {
+				limiter = newConnLimiter(inner, 10, g.metrics)
+				return limiter
+			})
+			c := l.dial()
+			defer c.Close()
+			go io.Copy(io.Discard, c)
+			io.WriteString(c, h2cSettings)
+			for i := range tt.resets {
+				id := uint32(2*i + 1)
+				io.WriteString(c, h2cGet(id, "/getEventsByUserId/1"))
+				synctest.Wait() // its handler waits for the upstream
+				if _, err := io.WriteString(c, h2cFrame(0x3, 0, id, []byte{0, 0, 0, 8})); err != nil { // RST_STREAM CANCEL
+					break // closed
+				}
+				synctest.Wait()
+			}
+			limiter.mu.Lock()
+			open := limiter.open
+			limiter.mu.Unlock()
+			if (open == 0) != tt.wantClosed {
+				t.Errorf("after %d streams opened and cancelled: %d connections open; want closed: %v", tt.resets, open, tt.wantClosed)
+			}
+		})
+	}
+}

@@ -268,6 +268,10 @@ func newHTTPServer(cfg config, h http.Handler, logger *slog.Logger) *http.Server
 			// connection, instead of 1 MiB each.
 			MaxReceiveBufferPerStream:     maxAddEventBody,
 			MaxReceiveBufferPerConnection: 4 * maxAddEventBody,
+			// A stream's write deadline only queues a reset, which a client
+			// that stops reading the socket never lets out: the connection
+			// itself must be cut when nothing can be written to it.
+			WriteByteTimeout: writeStallTimeout,
 		},
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"log/slog"
 	"net/http"
 	"path"
@@ -34,11 +35,18 @@ func chain(h http.Handler, mws ...middleware) http.Handler {
 // to make room. After it, net/http may still wait for a body the handler
 // did not read (Go reads up to 256 KiB of it before answering), which is
 // the client's time, not the gateway's.
+//
+// An HTTP/2 request its client cancels (a stream reset) is counted against
+// its connection, which is closed past streamResetsAllowed (rapid reset:
+// each would cost a handler and perhaps an upstream call).
 func withServingMark(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		markServing(r.Context(), true)
 		defer markServing(r.Context(), false)
 		next.ServeHTTP(w, r)
+		if r.ProtoMajor == 2 && errors.Is(context.Cause(r.Context()), context.Canceled) {
+			streamReset(r.Context(), time.Now())
+		}
 	})
 }
 

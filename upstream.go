@@ -574,6 +574,9 @@ func (u *upstream) send(ctx context.Context, op, method, path string, body []byt
 	if !maySend(ctx) {
 		return nil, &upstreamError{Op: op, Kind: failCanceled, Unsent: true, Err: errNobodyWaiting}
 	}
+	if ctx.Err() != nil { // the caller left or ran out of time before it was sent
+		return nil, waitError(ctx, op)
+	}
 	u.metrics.upstreamInflight.Add(1)
 	defer u.metrics.upstreamInflight.Add(-1)
 	start := time.Now()

@@ -780,3 +780,22 @@ func TestUpstreamAuthorizationNeverThroughAPlainProxy(t *testing.T) {
 		t.Errorf("http upstream behind a proxy, with a credential: %v\n%s\nwant a refusal to start that names the risk, not the credential", err, out)
 	}
 }
+
+// TestACallWhoseCallerLeftIsNeverSent: a read whose caller has already
+// gone (a cancelled request, a reset stream) is not sent, even when a slot
+// is free, and is no attempt in /metrics.
+func TestACallWhoseCallerLeftIsNeverSent(t *testing.T) {
+	tr := &handlerTransport{h: quietMock()}
+	m := newMetrics()
+	up := testUpstream(upstreamOptions{BaseURL: "http://upstream.test", Timeout: time.Second, MaxInflight: 10, Transport: tr, Metrics: m})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for range 50 {
+		if _, err := up.Users(ctx); !unsent(err) {
+			t.Fatalf("a read for a caller that left = %v; want an unsent error", err)
+		}
+	}
+	if n := tr.calls.Load(); n != 0 {
+		t.Errorf("%d of 50 reads for a caller that left were sent; want none", n)
+	}
+}
