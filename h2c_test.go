@@ -267,7 +267,7 @@ func TestRapidResetClosesTheConnection(t *testing.T) {
 			for i := range tt.resets {
 				id := uint32(2*i + 1)
 				io.WriteString(c, h2cGet(id, "/getEventsByUserId/1"))
-				synctest.Wait() // its handler waits for the upstream
+				synctest.Wait()                                                                        // its handler waits for the upstream
 				if _, err := io.WriteString(c, h2cFrame(0x3, 0, id, []byte{0, 0, 0, 8})); err != nil { // RST_STREAM CANCEL
 					break // closed
 				}
