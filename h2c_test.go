@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -147,50 +146,50 @@ func TestAnHTTP2ConnectionIsServedWhileAnyStreamIs(t *testing.T) {
 	}
 }
 
-// countingReader counts what is read from it: n bytes of zeros.
-type countingReader struct {
-	left int
-	read atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	if c.left == 0 {
-		return 0, io.EOF
-	}
-	n := min(len(p), c.left)
-	clear(p[:n])
-	c.left -= n
-	c.read.Add(int64(n))
-	return n, nil
-}
-
-// TestH2CBuffersLittleOfABodyNobodyReads: a client sending a megabyte to a
-// handler that never reads it can have at most a write's worth (64 KiB,
-// the stream's flow-control window) sent before it must wait, not Go's
-// default of a megabyte.
+// TestH2CBuffersLittleOfABodyNobodyReads: a client may have at most a
+// write's worth (64 KiB, the stream's flow-control window) of a body sent
+// and unread, not Go's default of a megabyte: sending 96 KiB to a handler
+// that reads nothing is a flow-control error of that stream.
 func TestH2CBuffersLittleOfABodyNobodyReads(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		block := make(chan struct{})
+		defer close(block)
 		g := newTestGateway(t, quietMock(), nil)
 		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }) // reads nothing
 		l := servePipes(t, g.cfg, handler, nil)
-		client := h2cClient(l)
-		defer client.CloseIdleConnections()
-		body := &countingReader{left: 1 << 20}
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			req, _ := http.NewRequest("POST", "http://x/addEvent", body)
-			if resp, err := client.Do(req); err == nil {
-				resp.Body.Close()
+		c := l.dial()
+		defer c.Close()
+		refused := make(chan bool, 1)
+		go func() { // the server's frames: a RST_STREAM of stream 1, or a GOAWAY, with FLOW_CONTROL_ERROR (3)?
+			defer close(refused)
+			for {
+				head := make([]byte, 9)
+				if _, err := io.ReadFull(c, head); err != nil {
+					return
+				}
+				payload := make([]byte, int(head[0])<<16|int(head[1])<<8|int(head[2]))
+				if _, err := io.ReadFull(c, payload); err != nil {
+					return
+				}
+				switch typ := head[3]; {
+				case typ == 0x3 && binary.BigEndian.Uint32(payload) == 3, typ == 0x7 && binary.BigEndian.Uint32(payload[4:]) == 3:
+					refused <- true
+					return
+				}
 			}
 		}()
-		synctest.Wait()
-		if n := body.read.Load(); n > 64<<10+16<<10 {
-			t.Errorf("the client could send %d bytes that nobody read; want at most the 64 KiB window (and a frame)", n)
+		io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"+h2cFrame(0x4, 0, 0, nil)+
+			h2cFrame(0x1, 0x4, 1, hpackLiterals(":method", "POST", ":scheme", "http", ":authority", "x", ":path", "/addEvent")))
+		for range 6 { // 96 KiB
+			if _, err := io.WriteString(c, h2cFrame(0x0, 0, 1, make([]byte, 16<<10))); err != nil {
+				break
+			}
 		}
-		close(block)
-		<-done
+		synctest.Wait()
+		c.Close() // whatever the server said has been read
+		if !<-refused {
+			t.Error("96 KiB of a body nobody reads was taken; want a flow-control error past 64 KiB")
+		}
 	})
 }
 
