@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
 	"strings"
@@ -110,15 +111,15 @@ func newTrace() traceContext { return traceContext{traceID: randomHex(16), flags
 // parent id (the call's own).
 func (t traceContext) header() string { return "00-" + t.traceID + "-" + randomHex(8) + "-" + t.flags }
 
-// randomHex returns n random bytes in lowercase hex, never all zero.
+// randomHex returns n (8 or 16) random bytes in lowercase hex, never all
+// zero.
 func randomHex(n int) string {
-	b := make([]byte, n)
+	var b [16]byte
 	for {
-		for i := range b {
-			b[i] = byte(rand.Uint32())
-		}
-		if strings.Trim(string(b), "\x00") != "" {
-			return hex.EncodeToString(b)
+		binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+		binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+		if b != [16]byte{} {
+			return hex.EncodeToString(b[:n])
 		}
 	}
 }
