@@ -18,7 +18,7 @@ build
 start_server 3602 MOCK_FAIL_RATE=0 API_TOKEN=bench-token CORS_ORIGINS=https://app.example.com
 GATE=$BASE
 PRISM=http://127.0.0.1:4012
-pkill -f "prism-cli@5 proxy .* -p 4012" 2> /dev/null || true # one left by an interrupted run
+pkill -f "prism proxy .* -p 4012" 2> /dev/null || true # one left by an interrupted run
 npx --yes @stoplight/prism-cli@5 proxy "$ROOT/openapi.yaml" "$GATE" --errors --cors=false -p 4012 > "$WORK/prism.log" 2>&1 &
 ALL_PIDS+=($!)
 for _ in $(seq 600); do curl -fs "$PRISM/health" > /dev/null 2>&1 && break; sleep 0.2; done
@@ -103,5 +103,5 @@ else
 fi
 
 echo "$checked answers checked, $violations violations"
-pkill -f "prism-cli@5 proxy .* -p 4012" 2> /dev/null || true # npx's node child outlives npx
+pkill -f "prism proxy .* -p 4012" 2> /dev/null || true # npx's node child outlives npx
 [ "$violations" = 0 ]
