@@ -234,11 +234,9 @@ func (p *envParser) credential(name string) string {
 			p.fail(name+"_FILE", file, "the file is empty")
 		}
 	}
-	for _, c := range []byte(v) {
-		if c != ' ' && (c < 0x21 || c > 0x7e) {
-			p.fail(name, fmt.Sprintf("(%d bytes, not shown)", len(v)), "want visible ASCII and spaces only, like: Bearer <token>")
-			return ""
-		}
+	if !printableASCII(strings.ReplaceAll(v, " ", "")) {
+		p.fail(name, fmt.Sprintf("(%d bytes, not shown)", len(v)), "want visible ASCII and spaces only, like: Bearer <token>")
+		return ""
 	}
 	return v
 }

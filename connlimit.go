@@ -32,6 +32,7 @@ type connLimiter struct {
 
 	mu        sync.Mutex // protects the fields below and every limitedConn's element
 	open      int        // connections counted
+	served    int        // requests being served, on every connection
 	evictable list.List  // of *limitedConn not being served, longest waiting first
 }
 
@@ -78,15 +79,44 @@ func markServing(ctx context.Context, serving bool) {
 	}
 	lc.l.mu.Lock()
 	defer lc.l.mu.Unlock()
+	lc.l.setServing(lc, serving)
+}
+
+// startServing is markServing(ctx, true) for a request's start, which it
+// refuses (false) while as many requests are being served as connections
+// are allowed (MAX_CONNECTIONS). Over HTTP/1.1 that cannot happen; over
+// HTTP/2 each connection may carry many streams, and 4,096 connections of
+// 100 streams would otherwise be 409,600 handlers at once, each with its
+// goroutine and buffers. Requests waiting for their client's body are not
+// being served, and do not count.
+func startServing(ctx context.Context) bool {
+	lc, ok := ctx.Value(limitedConnKey{}).(*limitedConn)
+	if !ok {
+		return true
+	}
+	lc.l.mu.Lock()
+	defer lc.l.mu.Unlock()
+	if lc.l.served >= lc.l.max {
+		return false
+	}
+	lc.l.setServing(lc, true)
+	return true
+}
+
+// setServing counts a request on c as starting or stopping being served.
+// l.mu must be held.
+func (l *connLimiter) setServing(c *limitedConn, serving bool) {
 	if serving {
-		lc.serving++
-		lc.l.setWaiting(lc, false)
+		c.serving++
+		l.served++
+		l.setWaiting(c, false)
 		return
 	}
-	lc.serving--
-	if lc.serving == 0 {
-		lc.l.setWaiting(lc, false)
-		lc.l.setWaiting(lc, true)
+	c.serving--
+	l.served--
+	if c.serving == 0 {
+		l.setWaiting(c, false)
+		l.setWaiting(c, true)
 	}
 }
 

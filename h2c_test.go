@@ -205,6 +205,21 @@ func h2cGet(id uint32, path string) string {
 	return h2cFrame(0x1, 0x5, id, hpackLiterals(":method", "GET", ":scheme", "http", ":authority", "x", ":path", path))
 }
 
+// limitedPipes serves g on pipes behind a connection cap of max, and
+// returns the listener and the number of connections the cap counts now.
+func limitedPipes(t *testing.T, g *testGateway, max int) (*pipeListener, func() int) {
+	var limiter *connLimiter
+	l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener {
+		limiter = newConnLimiter(inner, max, g.metrics)
+		return limiter
+	})
+	return l, func() int {
+		limiter.mu.Lock()
+		defer limiter.mu.Unlock()
+		return limiter.open
+	}
+}
+
 // TestAnH2CClientThatStopsReadingIsCutOff: a client that asks for answers
 // and never reads its socket (so no stream's reset can reach it either) is
 // cut off once nothing could be written to it for writeStallTimeout, and
@@ -212,11 +227,7 @@ func h2cGet(id uint32, path string) string {
 func TestAnH2CClientThatStopsReadingIsCutOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := newTestGateway(t, quietMock(), nil)
-		var limiter *connLimiter
-		l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener {
-			limiter = newConnLimiter(inner, 10, g.metrics)
-			return limiter
-		})
+		l, openConns := limitedPipes(t, g, 10)
 		c := l.dial()
 		defer c.Close()
 		go func() {
@@ -227,18 +238,12 @@ func TestAnH2CClientThatStopsReadingIsCutOff(t *testing.T) {
 		}() // and never a read
 		time.Sleep(time.Second)
 		synctest.Wait()
-		limiter.mu.Lock()
-		open := limiter.open
-		limiter.mu.Unlock()
-		if open != 1 {
+		if open := openConns(); open != 1 {
 			t.Fatalf("%d connections open while the client stalls; want its 1", open)
 		}
 		time.Sleep(writeStallTimeout + time.Second)
 		synctest.Wait()
-		limiter.mu.Lock()
-		open = limiter.open
-		limiter.mu.Unlock()
-		if open != 0 {
+		if open := openConns(); open != 0 {
 			t.Errorf("%d connections still open %v after the client stopped reading; want 0", open, writeStallTimeout+2*time.Second)
 		}
 	})
@@ -254,11 +259,7 @@ func TestRapidResetClosesTheConnection(t *testing.T) {
 	}{{10, false}, {streamResetsAllowed + 20, true}} {
 		synctest.Test(t, func(t *testing.T) {
 			g := newTestGateway(t, hangingUpstream(), nil)
-			var limiter *connLimiter
-			l := servePipes(t, g.cfg, g.handler, func(inner net.Listener) net.Listener {
-				limiter = newConnLimiter(inner, 10, g.metrics)
-				return limiter
-			})
+			l, openConns := limitedPipes(t, g, 10)
 			c := l.dial()
 			defer c.Close()
 			go io.Copy(io.Discard, c)
@@ -272,12 +273,44 @@ func TestRapidResetClosesTheConnection(t *testing.T) {
 				}
 				synctest.Wait()
 			}
-			limiter.mu.Lock()
-			open := limiter.open
-			limiter.mu.Unlock()
-			if (open == 0) != tt.wantClosed {
-				t.Errorf("after %d streams opened and cancelled: %d connections open; want closed: %v", tt.resets, open, tt.wantClosed)
+			if open := openConns(); (open == 0) != tt.wantClosed {
+				t.Errorf("after %d streams opened and cancelled: %d connections open; want closed: %v", tt.resets, openConns(), tt.wantClosed)
 			}
 		})
 	}
+}
+
+// TestStreamsServedAtOnceAreBoundedByTheConnectionCap: with MAX_CONNECTIONS
+// 2, one HTTP/2 connection gets two requests served at once, as two
+// HTTP/1.1 connections would, and a third at once is 503 busy, not a
+// third handler.
+func TestStreamsServedAtOnceAreBoundedByTheConnectionCap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, hangingUpstream(), nil)
+		l, _ := limitedPipes(t, g, 2)
+		client := h2cClient(l)
+		defer client.CloseIdleConnections()
+		codes := make(chan int, 3)
+		get := func() {
+			resp, err := client.Get("http://x/getUsers")
+			if err != nil {
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}
+		go get()
+		go get()
+		synctest.Wait() // both are served, waiting for the upstream
+		go get()
+		if code := <-codes; code != 503 {
+			t.Errorf("a third request served at once = %d; want 503 at once", code)
+		}
+		for range 2 {
+			if code := <-codes; code != 504 {
+				t.Errorf("a request served, the upstream hanging = %d; want 504 at the deadline", code)
+			}
+		}
+	})
 }

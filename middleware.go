@@ -39,9 +39,15 @@ func chain(h http.Handler, mws ...middleware) http.Handler {
 // An HTTP/2 request its client cancels (a stream reset) is counted against
 // its connection, which is closed past streamResetsAllowed (rapid reset:
 // each would cost a handler and perhaps an upstream call).
+//
+// Past MAX_CONNECTIONS requests served at once (only HTTP/2's streams can
+// get there), a request is answered 503 at once (startServing).
 func withServingMark(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		markServing(r.Context(), true)
+		if !startServing(r.Context()) {
+			writeError(w, r, errBusy)
+			return
+		}
 		defer markServing(r.Context(), false)
 		next.ServeHTTP(w, r)
 		if r.ProtoMajor == 2 && errors.Is(context.Cause(r.Context()), context.Canceled) {

@@ -178,6 +178,7 @@ var errCallTimeout = errors.New("upstream call exceeded UPSTREAM_TIMEOUT")
 type upstream struct {
 	base          string // the base URL without a trailing slash
 	authorization string // sent as Authorization on every call; "" for none
+	userAgent     string // userAgent(), worked out once: it reads the build information
 	client        *http.Client
 	timeout       time.Duration // one call, UPSTREAM_TIMEOUT
 	slots         chan struct{} // process-wide bound on calls in flight
@@ -211,6 +212,7 @@ func newUpstream(o upstreamOptions) *upstream {
 	return &upstream{
 		base:          strings.TrimRight(o.BaseURL, "/"),
 		authorization: o.Authorization,
+		userAgent:     userAgent(),
 		client: &http.Client{
 			Transport: o.Transport,
 			// A redirect is answered as the fault it is: following it would
@@ -629,7 +631,7 @@ func (u *upstream) roundTrip(ctx context.Context, op, method, path string, body 
 		req.Body, req.ContentLength = unreplayable{}, 0
 	}
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", userAgent())
+	req.Header.Set("User-Agent", u.userAgent)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
