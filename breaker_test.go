@@ -286,17 +286,23 @@ func TestBreakerUnderConcurrentCallers(t *testing.T) {
 	})
 }
 
-// TestBreakerEndToEnd sends one POST /addEvent every 100ms to the mock with
-// its default capacity (5 per 10s): the breaker opens, the upstream sees no
-// call while it is open and one trial at a time while half-open, and the
-// breaker closes by itself once the mock's window has cleared.
+// TestBreakerEndToEnd sends one POST /addEvent every 100ms to an upstream
+// that fails (500) from 5 s to 25 s of the run: the breaker opens, the
+// upstream sees no call while it is open and one trial at a time while
+// half-open, and the breaker closes by itself once the upstream is back.
 func TestBreakerEndToEnd(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		opts := mock.DefaultOptions()
-		opts.EventDelay, opts.FailRate = 0, 0
-		m := mock.New(opts)
+		m := mock.New(mock.Options{})
+		start := time.Now()
+		outage := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if d := time.Since(start); d >= 5*time.Second && d < 25*time.Second {
+				http.Error(w, "down", http.StatusInternalServerError)
+				return
+			}
+			m.ServeHTTP(w, r)
+		})
 		var g *testGateway
-		watch := &breakerWatch{breaker: func() *breaker { return g.breaker }, next: m}
+		watch := &breakerWatch{breaker: func() *breaker { return g.breaker }, next: outage}
 		upstream := watch
 		g = newTestGateway(t, upstream, func(c *config) { c.BreakerBackoffMin = time.Second })
 
@@ -312,7 +318,7 @@ func TestBreakerEndToEnd(t *testing.T) {
 
 		s := g.breaker.Snapshot()
 		if s.TimesOpened == 0 {
-			t.Fatal("the breaker never opened under traffic above capacity")
+			t.Fatal("the breaker never opened during the outage")
 		}
 		if n := watch.inOpen.Load(); n != 0 {
 			t.Errorf("the upstream received %d calls while the breaker was open; want 0", n)

@@ -122,13 +122,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 		Mock: mock.Options{
 			EventDelay:  p.duration("MOCK_EVENT_DELAY", 0),
 			FailRate:    p.fraction("MOCK_FAIL_RATE"),
-			AddCapacity: p.int("MOCK_ADD_CAPACITY", 0, 1_000_000_000),
 			AddWindow:   p.duration("MOCK_ADD_WINDOW", time.Millisecond),
 			TailRate:    p.fraction("MOCK_EVENT_TAIL_RATE"),
 			TailDelay:   p.duration("MOCK_EVENT_TAIL_DELAY", 0),
 			RejectDelay: 100 * time.Millisecond,
 		},
 	}
+	c.Mock.AddCapacity, c.Mock.AddCapacityLater, c.Mock.AddCapacityAt = p.capacity("MOCK_ADD_CAPACITY")
 	// A request may look up at most 5/8 of the process's calls at once, so
 	// that a huge fan-out leaves room for everyone else; an answer may take
 	// at most an eighth of the budget, so that six fit in its answers pool.
@@ -179,6 +179,24 @@ func (p *envParser) int(name string, lo, hi int) int {
 		p.fail(name, v, fmt.Sprintf("want a whole number from %d to %d", lo, hi))
 	}
 	return n
+}
+
+// capacity reads the mock's writes per window (0: unlimited), which may
+// change once mid-run: "5", or "5,20@60s" for 20 from 60 s after the start.
+func (p *envParser) capacity(name string) (first, later int, at time.Duration) {
+	v := p.get(name)
+	firstText, change, changes := strings.Cut(v, ",")
+	laterText, atText, _ := strings.Cut(change, "@")
+	first, err := strconv.Atoi(firstText)
+	if changes && err == nil {
+		if later, err = strconv.Atoi(laterText); err == nil {
+			at, err = time.ParseDuration(atText)
+		}
+	}
+	if err != nil || first < 0 || later < 0 || changes && at <= 0 {
+		p.fail(name, v, "want writes per window (0: unlimited), optionally changing once, like 5 or 5,20@60s")
+	}
+	return first, later, at
 }
 
 func (p *envParser) duration(name string, lo time.Duration) time.Duration {

@@ -19,6 +19,9 @@ func TestRunRefusesABadVariable(t *testing.T) {
 		{"UPSTREAM_TIMEOUT", "2"},
 		{"BREAKER_THRESHOLD", "0"},
 		{"MOCK_FAIL_RATE", "1.5"},
+		{"MOCK_ADD_CAPACITY", "5,20"},
+		{"MOCK_ADD_CAPACITY", "5,20@0s"},
+		{"MOCK_ADD_CAPACITY", "-1"},
 		{"UPSTREAM_URL", "ftp://x"},
 		{"LOG_FORMAT", "xml"},
 		{"LOG_LEVEL", "loud"},
@@ -200,5 +203,15 @@ func TestStartupFailureTakesLogFormatFromDotEnv(t *testing.T) {
 	var entry map[string]any
 	if err := cmd.Run(); err == nil || json.Unmarshal([]byte(stderr.String()), &entry) != nil || entry["level"] != "ERROR" {
 		t.Errorf("eventgate with that .env: %v, stderr %q; want exit 1 and one JSON line", err, stderr.String())
+	}
+}
+
+func TestMockCapacityMayChangeOnce(t *testing.T) {
+	for v, want := range map[string][3]int{"5": {5, 0, 0}, "0": {0, 0, 0}, "5,20@60s": {5, 20, 60}} {
+		c, err := loadConfig(envOf(map[string]string{"MOCK_ADD_CAPACITY": v}))
+		got := [3]int{c.Mock.AddCapacity, c.Mock.AddCapacityLater, int(c.Mock.AddCapacityAt.Seconds())}
+		if err != nil || got != want {
+			t.Errorf("MOCK_ADD_CAPACITY=%s: %v, %v; want %v", v, got, err, want)
+		}
 	}
 }

@@ -60,7 +60,7 @@ func handleEventsByUser(up *upstream, loader *eventLoader, memory *memoryPool) h
 
 // handleHealth is the liveness check: cheap, no upstream call. It shows
 // the breaker, with its times as the JSON of RFC 3339 and whole seconds.
-func handleHealth(br *breaker) http.Handler {
+func handleHealth(br *breaker, adm *admission) http.Handler {
 	type breakerJSON struct {
 		State            string     `json:"state"`
 		Since            *time.Time `json:"since,omitempty"`
@@ -83,8 +83,13 @@ func handleHealth(br *breaker) http.Handler {
 		if !s.NextTrial.IsZero() {
 			b.RetryAfterSecs = retrySeconds(time.Until(s.NextTrial))
 		}
+		p := adm.Snapshot()
+		pacing := map[string]any{"paced": p.Writes > 0, "waiting": p.Waiting}
+		if p.Writes > 0 {
+			pacing["writesPerSecond"], pacing["writesPerWindow"], pacing["windowSeconds"] = p.WritesPerSecond, p.Writes, p.Window.Seconds()
+		}
 		v, _ := version()
-		encode(w, http.StatusOK, map[string]any{"status": "ok", "version": v, "breaker": b, "goroutines": runtime.NumGoroutine()})
+		encode(w, http.StatusOK, map[string]any{"status": "ok", "version": v, "breaker": b, "writePacing": pacing, "goroutines": runtime.NumGoroutine()})
 	})
 }
 
@@ -102,12 +107,21 @@ func handleReady(ready *atomic.Bool) http.Handler {
 	})
 }
 
-// handleAddEvent stores a new event upstream under a fresh id. Writes pass
-// the circuit breaker; with an Idempotency-Key, the id is derived from the
-// key and the event, so a retried request reuses its first id and the
-// upstream (which stores an id once) never holds it twice. Once stored, the
-// id is forgotten by the event cache, which may remember it as missing.
-func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDeriver, loader *eventLoader, memory *memoryPool) http.Handler {
+// neverSent reports whether a write's error says it never reached the
+// upstream: refused by the breaker, or by eventgate before it left.
+func neverSent(err error) bool {
+	var open *openError
+	return errors.As(err, &open) || unsent(err)
+}
+
+// handleAddEvent stores a new event upstream under a fresh id. Writes wait
+// for their turn in the admission, then pass the circuit breaker; with an
+// Idempotency-Key, the id is derived from the key and the event, so a
+// retried request reuses its first id and the upstream (which stores an id
+// once) never holds it twice. A keyed write holds its key while it waits.
+// Once stored, the id is forgotten by the event cache, which may remember
+// it as missing.
+func handleAddEvent(up *upstream, adm *admission, br *breaker, keys *idempotencyStore, ids idDeriver, loader *eventLoader, memory *memoryPool) http.Handler {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		held := memory.account(up.timeout)
 		defer held.close()
@@ -145,9 +159,15 @@ func handleAddEvent(up *upstream, br *breaker, keys *idempotencyStore, ids idDer
 			defer func() { keys.Finish(claim, result) }()
 		}
 
+		t, err := adm.Admit(r.Context(), up.timeout)
+		if err != nil {
+			result = writeUnsent
+			return err
+		}
+		err = errCallPanicked // what the admission hears if the call panics
+		defer func() { adm.Done(t, err) }()
 		err = br.Execute(func() error { return up.AddEvent(r.Context(), ev) })
-		var open *openError
-		if errors.As(err, &open) || unsent(err) {
+		if neverSent(err) {
 			result = writeUnsent
 		}
 		if isNotFound(err) {

@@ -69,6 +69,7 @@ type testGateway struct {
 	handler   http.Handler
 	transport *handlerTransport
 	breaker   *breaker
+	pacing    *admission
 	cache     *eventCache
 	metrics   *metrics
 	ready     *atomic.Bool
@@ -100,7 +101,7 @@ func newGatewayAt(t testing.TB, baseURL string, transport http.RoundTripper, edi
 	closeOnce := sync.OnceFunc(s.Close)
 	t.Cleanup(closeOnce)
 	return &testGateway{
-		handler: newServer(logger, cfg, s), breaker: s.breaker, cache: s.loader.Cache,
+		handler: newServer(logger, cfg, s), breaker: s.breaker, pacing: s.pacing, cache: s.loader.Cache,
 		metrics: s.metrics, ready: s.ready, cfg: cfg, close: closeOnce,
 	}
 }

@@ -243,7 +243,8 @@ func TestIdempotencyStoreIsBoundedInBytes(t *testing.T) {
 
 // TestNothingAcknowledgedIsLost fires 500 concurrent POST /addEvent at an
 // upstream that refuses one in ten with a 503: every event a client was
-// told succeeded is stored exactly once, and every refused one is absent.
+// told succeeded is stored exactly once, every refused one (by the upstream
+// or by the admission's pacing) is absent, and nothing else is answered.
 func TestNothingAcknowledgedIsLost(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := mock.New(mock.Options{})
@@ -296,8 +297,10 @@ func TestNothingAcknowledgedIsLost(t *testing.T) {
 				t.Errorf("%s = %d; want 200 or 503", name, code)
 			}
 		}
-		if acked != 450 || refused != 50 || !strings.HasPrefix(u.Events[0], "event-4") {
-			t.Errorf("%d acknowledged, %d refused; want 450 and 50", acked, refused)
+		// The admission paces the writes after the first refusal, so how
+		// many are acknowledged depends on their order; each one is kept.
+		if acked == 0 || len(u.Events) != 1+acked || u.Events[0] != "event-4" {
+			t.Errorf("%d acknowledged, %d refused; user 3 holds %v", acked, refused, u.Events)
 		}
 	})
 }

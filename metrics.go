@@ -28,6 +28,8 @@ type metrics struct {
 	cache       map[labels]uint64     // result
 	transitions map[labels]uint64     // from, to
 	hedges      map[labels]uint64     // call, result (sent, won)
+	admission   map[labels]uint64     // decision: admitted, queued, refused
+	admitWait   map[labels]*histogram // (none): how long admitted writes waited for their turn
 
 	upstreamInflight  atomic.Int64  // upstream calls in flight
 	upstreamDials     atomic.Uint64 // upstream connections opened
@@ -43,6 +45,9 @@ type metrics struct {
 	memoryPools map[string]*memoryPool
 	// breakerState, if set, returns the breaker's state now; set once, by wire.
 	breakerState func() breakerState
+	// pacing, if set, returns the admission's estimate (writes per second,
+	// 0 if not paced) and the writes waiting for a turn; set once, by wire.
+	pacing func() (perSecond float64, waiting int)
 }
 
 // labels is a series' label values, in the order its family names them.
@@ -62,6 +67,8 @@ func newMetrics() *metrics {
 		cache:       map[labels]uint64{},
 		transitions: map[labels]uint64{},
 		hedges:      map[labels]uint64{},
+		admission:   map[labels]uint64{},
+		admitWait:   map[labels]*histogram{},
 	}
 }
 
@@ -104,7 +111,16 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		[]string{"from", "to"}, m.transitions)
 	writeCounter(&b, "eventgate_upstream_hedges_total", "Hedged reads: second calls sent after the hedge delay, and those that answered first.",
 		[]string{"call", "result"}, m.hedges)
+	writeCounter(&b, "eventgate_admission_writes_total", "Writes by what the admission decided: admitted at once, queued for a turn, or refused (503, nothing sent).",
+		[]string{"decision"}, m.admission)
+	writeHistograms(&b, "eventgate_admission_wait_seconds", "How long admitted writes waited for their turn.",
+		nil, m.admitWait)
 	m.mu.Unlock()
+	if m.pacing != nil {
+		perSecond, waiting := m.pacing()
+		family(&b, "eventgate_admission_estimate_writes_per_second", "gauge", "The write rate the upstream is estimated to accept; 0 before the first overload (not paced).", perSecond)
+		family(&b, "eventgate_admission_waiting", "gauge", "Writes waiting for their turn.", float64(waiting))
+	}
 	if m.hedgeDelays != nil {
 		fmt.Fprintf(&b, "# HELP eventgate_upstream_hedge_delay_seconds How long a read of each kind may run before it is hedged.\n# TYPE eventgate_upstream_hedge_delay_seconds gauge\n")
 		delays := m.hedgeDelays()
@@ -167,9 +183,12 @@ func writeHistograms(b *bytes.Buffer, name, help string, names []string, series 
 			if i < len(durationBuckets) {
 				le = strconv.FormatFloat(durationBuckets[i], 'g', -1, 64)
 			}
-			fmt.Fprintf(b, "%s_bucket{%s,le=%q} %d\n", name, ls, le, cumulative)
+			fmt.Fprintf(b, "%s_bucket{%s} %d\n", name, strings.TrimPrefix(ls+`,le="`+le+`"`, ","), cumulative)
 		}
-		fmt.Fprintf(b, "%s_sum{%s} %g\n%s_count{%s} %d\n", name, ls, h.sum, name, ls, h.count)
+		if ls != "" {
+			ls = "{" + ls + "}"
+		}
+		fmt.Fprintf(b, "%s_sum%s %g\n%s_count%s %d\n", name, ls, h.sum, name, ls, h.count)
 	}
 }
 

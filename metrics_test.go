@@ -40,6 +40,10 @@ func TestMetricsAreValidExposition(t *testing.T) {
 			`eventgate_event_cache_lookups_total{result="miss"} 2`,
 			`eventgate_breaker_state{state="closed"} 1`,
 			`eventgate_upstream_inflight 0`,
+			`eventgate_admission_writes_total{decision="admitted"} 1`,
+			`eventgate_admission_wait_seconds_count 1`,
+			`eventgate_admission_estimate_writes_per_second 0`,
+			`eventgate_admission_waiting 0`,
 			fmt.Sprintf(`eventgate_build_info{version="v1.2.3-test",goversion=%q} 1`, runtime.Version()),
 			"go_goroutines ", "go_threads ", "go_memstats_heap_alloc_bytes ", `go_gc_duration_seconds{quantile="0.5"} `,
 			"process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_open_fds ", "process_max_fds ",
@@ -89,7 +93,7 @@ func checkExposition(t *testing.T, text string) {
 				t.Errorf("sample %q before its # TYPE", line)
 			}
 		}
-		series := family + leLabel.ReplaceAllString(labels, "")
+		series := family + strings.TrimSuffix(leLabel.ReplaceAllString(labels, ""), "{}")
 		switch {
 		case strings.HasSuffix(name, "_bucket"):
 			buckets[series] = append(buckets[series], value)

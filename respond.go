@@ -120,6 +120,11 @@ func toAPIError(err error) *apiError {
 	case errors.Is(err, context.Canceled):
 		return errorf(statusClientClosed, "the client closed the request")
 	}
+	var pe *pacingError
+	if errors.As(err, &pe) {
+		return &apiError{Status: http.StatusServiceUnavailable, RetryAfter: pe.RetryAfter,
+			Message: fmt.Sprintf("the gateway is pacing writes to what the event service accepts, and none can be sent in time; retry after %d seconds", retrySeconds(pe.RetryAfter))}
+	}
 	var oe *openError
 	if errors.As(err, &oe) {
 		return &apiError{

@@ -19,7 +19,8 @@ type services struct {
 	users   *listReader       // GET /getUsers, collapsed
 	events  *listReader       // GET /getEvents, collapsed
 	loader  *eventLoader      // events by id: bounded fan-out, cache, coalescing
-	breaker *breaker          // guards POST /addEvent
+	pacing  *admission        // paces POST /addEvent to what the upstream accepts
+	breaker *breaker          // guards POST /addEvent against outages
 	keys    *idempotencyStore // Idempotency-Key memory for POST /addEvent
 	ids     idDeriver         // the event ids of keyed writes
 	answers *memoryPool       // the memory budget's pool for what requests keep
@@ -45,12 +46,31 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 	m := newMetrics()
 	answers, reads := newMemoryPool(cfg.MemoryBudget-cfg.MemoryBudget/4), newMemoryPool(cfg.MemoryBudget/4)
 	m.memoryPools = map[string]*memoryPool{"answers": answers, "reads": reads}
+	adm := newAdmission(admissionOptions{
+		MaxWait:    admissionMaxWait,
+		MaxQueue:   admissionMaxQueue,
+		Overloaded: isOverload,
+		RetryAfter: retryAfter,
+		Unsent:     neverSent,
+		Jitter:     rand.Float64,
+		Logger:     logger,
+		Metrics:    m,
+	})
+	m.pacing = func() (float64, int) { s := adm.Snapshot(); return s.WritesPerSecond, s.Waiting }
 	br := newBreaker(breakerOptions{
-		Threshold:   cfg.BreakerThreshold,
-		Window:      cfg.BreakerWindow,
-		BackoffMin:  cfg.BreakerBackoffMin,
-		BackoffMax:  cfg.BreakerBackoffMax,
-		IsFault:     upstreamFault, // the one place that says what the upstream is to blame for
+		Threshold:  cfg.BreakerThreshold,
+		Window:     cfg.BreakerWindow,
+		BackoffMin: cfg.BreakerBackoffMin,
+		BackoffMax: cfg.BreakerBackoffMax,
+		// The one place that says what the upstream is to blame for. An
+		// overload is the admission's to answer, unless the upstream
+		// refuses even its slowest pace.
+		IsFault: func(err error) bool {
+			if isOverload(err) {
+				return adm.AtFloor()
+			}
+			return upstreamFault(err)
+		},
 		WaitAtLeast: retryAfter,
 		Jitter:      rand.Float64,
 		Logger:      logger,
@@ -84,6 +104,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		users:   newListReader("getUsers", up.Users, answers),
 		events:  newListReader("getEvents", up.Events, answers),
 		loader:  newEventLoader(loaderOptions{Cache: cache, Limit: cfg.FanoutLimit, MaxBytes: cfg.MaxResponseBytes, Metrics: m}),
+		pacing:  adm,
 		breaker: br,
 		keys:    newIdempotencyStore(storeOptions{TTL: cfg.IdempotencyTTL, MaxBytes: cfg.IdempotencyBytes}),
 		ids:     newIDDeriver(cfg.IdempotencySecret),
@@ -92,6 +113,13 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		ready:   ready,
 	}
 }
+
+// The admission's queue: a write waits for its turn at most 2 s (a client
+// waiting longer is better told when to come back), and at most 256 wait.
+const (
+	admissionMaxWait  = 2 * time.Second
+	admissionMaxQueue = 256
+)
 
 // route is one entry of the API: a ServeMux pattern and its handler.
 type route struct {
@@ -106,8 +134,8 @@ func routes(cfg config, s services) []route {
 		{"GET /getUsers", handleList(s.users, s.answers, cfg.UpstreamTimeout)},
 		{"GET /getEvents", handleList(s.events, s.answers, cfg.UpstreamTimeout)},
 		{"GET /getEventsByUserId/{id}", handleEventsByUser(s.up, s.loader, s.answers)},
-		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.breaker, s.keys, s.ids, s.loader, s.answers))},
-		{"GET /health", handleHealth(s.breaker)},
+		{"POST /addEvent", requireToken(cfg.APIToken, handleAddEvent(s.up, s.pacing, s.breaker, s.keys, s.ids, s.loader, s.answers))},
+		{"GET /health", handleHealth(s.breaker, s.pacing)},
 		{"GET /ready", handleReady(s.ready)},
 		{"GET /metrics", s.metrics},
 	}

@@ -165,6 +165,14 @@ func unsent(err error) bool {
 	return errors.As(err, &ue) && ue.Unsent
 }
 
+// isOverload reports whether err is the upstream saying it has no room
+// now (a 503 or 429): the admission's signal to slow down, and a breaker
+// fault only once the admission is at its floor.
+func isOverload(err error) bool {
+	var ue *upstreamError
+	return errors.As(err, &ue) && ue.Kind == failUnavailable
+}
+
 func isNotFound(err error) bool {
 	var ue *upstreamError
 	return errors.As(err, &ue) && ue.Kind == failNotFound

@@ -38,6 +38,11 @@ type Options struct {
 	AddCapacity int
 	// AddWindow is the sliding window AddCapacity applies to.
 	AddWindow time.Duration
+	// AddCapacityLater, from AddCapacityAt after New, takes AddCapacity's
+	// place: an upstream whose capacity changes mid-run. AddCapacityAt 0
+	// means never.
+	AddCapacityLater int
+	AddCapacityAt    time.Duration
 	// RejectDelay is how long an over-capacity POST /addEvent waits before
 	// its 503, as a loaded service would.
 	RejectDelay time.Duration
@@ -87,6 +92,7 @@ type Handler struct {
 	byUser   map[string]*User
 	byEvent  map[string]*Event
 	accepted []time.Time // accepted writes within the capacity window, oldest first
+	started  time.Time   // when New made it, for AddCapacityAt
 }
 
 // New returns a mock holding the seed data: users 1, 2 and 3 and events
@@ -97,6 +103,7 @@ func New(opts Options) *Handler {
 		opts.Rand = rand.Float64
 	}
 	h := &Handler{
+		started: time.Now(),
 		opts:    opts,
 		byUser:  map[string]*User{},
 		byEvent: map[string]*Event{},
@@ -260,7 +267,11 @@ func (h *Handler) addEvent(w http.ResponseWriter, r *http.Request) {
 // admit reports whether a write arriving at now fits the capacity window,
 // and if so counts it.
 func (h *Handler) admit(now time.Time) bool {
-	if h.opts.AddCapacity <= 0 {
+	capacity := h.opts.AddCapacity
+	if h.opts.AddCapacityAt > 0 && now.Sub(h.started) >= h.opts.AddCapacityAt {
+		capacity = h.opts.AddCapacityLater
+	}
+	if capacity <= 0 {
 		return true
 	}
 	h.mu.Lock()
@@ -271,7 +282,7 @@ func (h *Handler) admit(now time.Time) bool {
 		i++
 	}
 	h.accepted = h.accepted[i:]
-	if len(h.accepted) >= h.opts.AddCapacity {
+	if len(h.accepted) >= capacity {
 		return false
 	}
 	h.accepted = append(h.accepted, now)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -130,6 +131,25 @@ func TestAddEventCapacityWindowSlides(t *testing.T) {
 		time.Sleep(4 * time.Second) // the first two slide out at 10s
 		if code := add("c"); code != 200 {
 			t.Errorf("add after the window slid = %d; want 200", code)
+		}
+	})
+}
+
+func TestAddEventCapacityChangesLater(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := New(Options{AddCapacity: 1, AddWindow: time.Minute, AddCapacityLater: 3, AddCapacityAt: 10 * time.Second})
+		codes := func() (c []int) {
+			for i := range 3 {
+				c = append(c, serve(h, "POST", "/addEvent", fmt.Sprintf(`{"id": "%v-%d", "name": "n", "userId": "1"}`, time.Now().Unix(), i)).Code)
+			}
+			return c
+		}
+		if c := codes(); !slices.Equal(c, []int{200, 503, 503}) {
+			t.Errorf("before AddCapacityAt: %v; want one accepted", c)
+		}
+		time.Sleep(10 * time.Second)
+		if c := codes(); !slices.Equal(c, []int{200, 200, 503}) { // the first is still in the window
+			t.Errorf("from AddCapacityAt: %v; want three in the window", c)
 		}
 	})
 }

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"eventgate/mock"
+)
+
+// pacingPhase is a stretch of a simulated run: the upstream accepts
+// capacity writes per sliding window, and clients offer writes at a steady
+// rate, each its own request.
+type pacingPhase struct {
+	length   time.Duration
+	capacity int
+	window   time.Duration
+	offered  float64 // writes per second
+}
+
+// pacingRun is what a simulated run measured, per phase.
+type pacingRun struct {
+	phases            []pacingPhase
+	acked, sent, over []int // by the phase the write arrived in (acked) or was sent in
+	latencies         []time.Duration
+	noRetryAfter      int // 503s without Retry-After
+	lost              int // acknowledged, not stored
+}
+
+// capacity returns what the upstream could have taken in phase i.
+func (r pacingRun) capacity(i int) int {
+	p := r.phases[i]
+	return int(float64(p.capacity) * p.length.Seconds() / p.window.Seconds())
+}
+
+func (r pacingRun) overloadShare() float64 {
+	sent, over := 0, 0
+	for i := range r.sent {
+		sent, over = sent+r.sent[i], over+r.over[i]
+	}
+	return float64(over) / float64(max(sent, 1))
+}
+
+// latency returns the q-th quantile of acknowledged writes' latencies.
+func (r pacingRun) latency(q float64) time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
+	}
+	l := slices.Sorted(slices.Values(r.latencies))
+	return l[min(len(l)-1, int(q*float64(len(l))))]
+}
+
+func (r pacingRun) String() string {
+	s := ""
+	for i := range r.phases {
+		s += fmt.Sprintf("phase %d: %d of %d acknowledged, %d sent, %d overloaded; ", i+1, r.acked[i], r.capacity(i), r.sent[i], r.over[i])
+	}
+	return s + fmt.Sprintf("overloads %.0f%% of sent, p50 %v, p99 %v", 100*r.overloadShare(), r.latency(0.5), r.latency(0.99))
+}
+
+// simulatePacing runs the gateway in a synctest bubble against an upstream
+// with a sliding-window capacity that changes at each phase (refusing with
+// a 503 after 100 ms, as the mock does), with writes offered at each
+// phase's rate; every write is checked against what the upstream stored.
+func simulatePacing(t *testing.T, phases []pacingPhase, edit func(*config)) (pacingRun, *testGateway) {
+	m := mock.New(mock.Options{})
+	r := pacingRun{phases: phases, acked: make([]int, len(phases)), sent: make([]int, len(phases)), over: make([]int, len(phases))}
+	var mu sync.Mutex // guards r, current and accepted
+	current := 0
+	var accepted []time.Time
+	upstream := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method != http.MethodPost {
+			m.ServeHTTP(w, req)
+			return
+		}
+		now := time.Now()
+		mu.Lock()
+		p := phases[current]
+		r.sent[current]++
+		accepted = slices.DeleteFunc(accepted, func(at time.Time) bool { return !at.After(now.Add(-p.window)) })
+		full := len(accepted) >= p.capacity
+		if full {
+			r.over[current]++
+		} else {
+			accepted = append(accepted, now)
+		}
+		mu.Unlock()
+		if full {
+			time.Sleep(100 * time.Millisecond)
+			http.Error(w, `{"error": "busy"}`, http.StatusServiceUnavailable)
+			return
+		}
+		m.ServeHTTP(w, req)
+	})
+	g := newTestGateway(t, upstream, edit)
+	var wg sync.WaitGroup
+	for i, p := range phases {
+		mu.Lock()
+		current = i
+		mu.Unlock()
+		interval := time.Duration(float64(time.Second) / p.offered)
+		for start := time.Now(); time.Since(start) < p.length; time.Sleep(interval) {
+			wg.Go(func() {
+				began := time.Now()
+				rec := g.post("/addEvent", `{"name": "paced", "userId": "1"}`)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case rec.Code == http.StatusOK:
+					r.acked[i]++
+					r.latencies = append(r.latencies, time.Since(began))
+					if _, ok := m.Event(addedID(rec.Body.String())); !ok {
+						r.lost++
+					}
+				case rec.Code == http.StatusServiceUnavailable && rec.Header().Get("Retry-After") == "":
+					r.noRetryAfter++
+				}
+			})
+		}
+	}
+	wg.Wait()
+	return r, g
+}
+
+// TestPacingMeetsTheUpstreamsCapacity runs the issue's scenario: an
+// upstream taking 5 writes per 10 s for a minute and then 20 per 10 s, with
+// 2 writes/s and then 3 writes/s offered.
+func TestPacingMeetsTheUpstreamsCapacity(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		phases      []pacingPhase
+		goodput     []float64 // of the capacity, at least, per phase
+		overloadMax float64   // of the writes sent
+	}{
+		// The issue's targets.
+		{"5 then 20 per 10 s", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2}, {40 * time.Second, 20, 10 * time.Second, 3}}, []float64{0.9, 0.8}, 0.1},
+		// Others: ours, a little below what the simulation gives.
+		{"10 per 5 s", []pacingPhase{{100 * time.Second, 10, 5 * time.Second, 4}}, []float64{0.85}, 0.1},
+		{"100 per minute", []pacingPhase{{180 * time.Second, 100, time.Minute, 3}}, []float64{0.95}, 0.05},
+		// Learning a window of 10 s from what 20 writes took (6.7 s) costs
+		// most of the first phase; a capacity that falls costs overloads.
+		{"20 then 5 per 10 s", []pacingPhase{{40 * time.Second, 20, 10 * time.Second, 3}, {60 * time.Second, 5, 10 * time.Second, 2}}, []float64{0.7, 0.8}, 0.2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r, g := simulatePacing(t, tc.phases, nil)
+				t.Log(r)
+				if r.lost != 0 || r.noRetryAfter != 0 {
+					t.Errorf("%d acknowledged writes not stored, %d 503s without Retry-After; want 0 and 0", r.lost, r.noRetryAfter)
+				}
+				for i, want := range tc.goodput {
+					if got := float64(r.acked[i]) / float64(r.capacity(i)); got < want {
+						t.Errorf("phase %d: %.0f%% of the capacity acknowledged; want at least %.0f%%", i+1, 100*got, 100*want)
+					}
+				}
+				if r.overloadShare() > tc.overloadMax {
+					t.Errorf("%.0f%% of the writes sent were refused as overload; want at most %.0f%%", 100*r.overloadShare(), 100*tc.overloadMax)
+				}
+				if r.latency(0.5) > 2*time.Second || r.latency(0.99) > 6*time.Second {
+					t.Errorf("acknowledged writes took %v (p50) and %v (p99); want at most 2 s and 6 s", r.latency(0.5), r.latency(0.99))
+				}
+				if s := g.breaker.Snapshot(); s.TimesOpened > 0 {
+					t.Errorf("the breaker opened %d times on overload alone", s.TimesOpened)
+				}
+			})
+		})
+	}
+}

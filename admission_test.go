@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"eventgate/mock"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// errTestOverload is what windowUpstream refuses with.
+var errTestOverload = errors.New("overloaded")
+
+// windowUpstream accepts at most n calls in any sliding window of w, like
+// the mock, and counts what it was sent.
+type windowUpstream struct {
+	mu       sync.Mutex
+	n        int
+	w        time.Duration
+	accepted []time.Time
+	sent     int
+	refused  int
+}
+
+func (u *windowUpstream) setCapacity(n int) {
+	u.mu.Lock()
+	u.n = n
+	u.mu.Unlock()
+}
+
+func (u *windowUpstream) call() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := time.Now()
+	u.sent++
+	for len(u.accepted) > 0 && !u.accepted[0].After(now.Add(-u.w)) {
+		u.accepted = u.accepted[1:]
+	}
+	if len(u.accepted) >= u.n {
+		u.refused++
+		return errTestOverload
+	}
+	u.accepted = append(u.accepted, now)
+	return nil
+}
+
+func newTestAdmission() *admission {
+	return newAdmission(admissionOptions{
+		MaxWait:    admissionMaxWait,
+		MaxQueue:   admissionMaxQueue,
+		Overloaded: func(err error) bool { return errors.Is(err, errTestOverload) },
+		RetryAfter: func(error) time.Duration { return 0 },
+		Unsent:     func(error) bool { return false },
+		Jitter:     func() float64 { return 0 },
+		Logger:     slog.New(slog.DiscardHandler),
+		Metrics:    newMetrics(),
+	})
+}
+
+// offer sends writes through a to up at rate per second for d, each its own
+// caller, and waits for them all.
+func offer(a *admission, up *windowUpstream, rate float64, d time.Duration) {
+	var wg sync.WaitGroup
+	for start := time.Now(); time.Since(start) < d; time.Sleep(time.Duration(float64(time.Second) / rate)) {
+		wg.Go(func() {
+			t, err := a.Admit(context.Background(), 0)
+			if err == nil {
+				a.Done(t, up.call())
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestPacingFollowsTheCapacity: the estimate is learnt from the first
+// overload, rises when the upstream takes more and falls when it takes
+// less, each within a bounded time.
+func TestPacingFollowsTheCapacity(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		up := &windowUpstream{n: 5, w: 10 * time.Second}
+		if r := a.Snapshot().WritesPerSecond; r != 0 {
+			t.Errorf("paced at %v/s before any overload; want not paced", r)
+		}
+		offer(a, up, 2, 50*time.Second)
+		if r := a.Snapshot().WritesPerSecond; r < 0.45 || r > 0.5 {
+			t.Errorf("after 50 s at 5 per 10 s, paced at %.3f/s; want 0.45 to 0.5", r)
+		}
+		up.setCapacity(20)
+		// A probe is due within probeEvery, and each accepted probe adds
+		// one write per window: 15 at 3 writes/s take 5 s.
+		offer(a, up, 3, probeEvery+10*time.Second)
+		if r := a.Snapshot().WritesPerSecond; r < 1.8 || r > 2 {
+			t.Errorf("25 s after the capacity rose to 20 per 10 s, paced at %.3f/s (%+v); want 1.8 to 2", r, a.Snapshot())
+		}
+		up.setCapacity(5)
+		offer(a, up, 3, 30*time.Second)
+		if r := a.Snapshot().WritesPerSecond; r > 0.5 {
+			t.Errorf("30 s after the capacity fell back, paced at %.3f/s; want at most 0.5", r)
+		}
+	})
+}
+
+// windowHandler serves the mock behind a windowUpstream: POST /addEvent
+// past the window's capacity is a 503 (with retryAfter, if set).
+func windowHandler(up *windowUpstream, retryAfter string) http.Handler {
+	m := mock.New(mock.Options{})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && up.call() != nil {
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			http.Error(w, `{"error": "busy"}`, http.StatusServiceUnavailable)
+			return
+		}
+		m.ServeHTTP(w, r)
+	})
+}
+
+// sent returns how many writes up was sent.
+func (u *windowUpstream) sentSoFar() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.sent
+}
+
+// TestAWriteThatCannotFitIsRefusedAtOnce: against an upstream that takes
+// one write per hour, the admission soon has no turn for a write within
+// its 2 s: that write is refused at once, without a call, with a
+// Retry-After saying when its turn would come and a message saying writes
+// are paced; and neither it nor the overloads are breaker faults.
+func TestAWriteThatCannotFitIsRefusedAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := &windowUpstream{n: 1, w: time.Hour}
+		g := newTestGateway(t, windowHandler(up, ""), nil)
+		if c := g.post("/addEvent", `{"name": "a", "userId": "1"}`).Code; c != 200 {
+			t.Fatalf("first write = %d; want 200", c)
+		}
+		for i := range 20 {
+			sent, start := up.sentSoFar(), time.Now()
+			rec := g.post("/addEvent", `{"name": "b", "userId": "1"}`)
+			if !strings.Contains(rec.Body.String(), "pacing writes") {
+				continue // sent, and refused by the upstream: the model learns
+			}
+			retry, _ := strconv.Atoi(rec.Header().Get("Retry-After"))
+			turn := g.pacing.freeAtLocked(t)
+			if rec.Code != 503 || time.Since(start) != 0 || up.sentSoFar() != sent {
+				t.Errorf("write %d = %d %s after %v, %d calls; want a pacing 503 at once, with no call", i+2, rec.Code, rec.Body, time.Since(start), up.sentSoFar()-sent)
+			}
+			if want := retrySeconds(time.Until(turn)); retry != want || retry < 3 {
+				t.Errorf("Retry-After = %d; want %d, when its turn would come", retry, want)
+			}
+			if s := g.breaker.Snapshot(); s.FailuresInWindow != 0 {
+				t.Errorf("the breaker counted %d faults; want none for overloads and pacing refusals", s.FailuresInWindow)
+			}
+			var health struct{ WritePacing map[string]any }
+			json.Unmarshal(g.get("/health").Body.Bytes(), &health)
+			if p := health.WritePacing; p["paced"] != true || p["writesPerWindow"] != 1.0 || p["writesPerSecond"].(float64) > 1.0/55 {
+				t.Errorf("/health writePacing = %v; want paced, 1 write per window of about a minute", p)
+			}
+			return
+		}
+		t.Error("20 writes in a row and none refused by the pacing")
+	})
+}
+
+// learnOnePerSecond teaches g (or a) an upstream taking one write per
+// second, by offering four a second for 30 s.
+func learnOnePerSecond(t *testing.T, write func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for range 120 {
+		wg.Go(write)
+		time.Sleep(250 * time.Millisecond)
+	}
+	wg.Wait()
+	time.Sleep(2 * time.Second) // the window empties
+}
+
+// TestAWriteWhoseClientLeftIsNeverSent: a write waiting for its turn whose
+// caller leaves is not sent, and gives its turn back to the next.
+func TestAWriteWhoseClientLeftIsNeverSent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		up := &windowUpstream{n: 1, w: time.Second}
+		learnOnePerSecond(t, func() {
+			if turn, err := a.Admit(context.Background(), 0); err == nil {
+				a.Done(turn, up.call())
+			}
+		})
+		if s := a.Snapshot(); s.Writes != 1 || s.Window < time.Second || s.Window > 1100*time.Millisecond {
+			t.Fatalf("learnt %+v; want 1 write per 1 s to 1.1 s", s)
+		}
+		first, _ := a.Admit(context.Background(), 0)
+		a.Done(first, up.call())
+		sent := up.sentSoFar()
+
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() {
+			_, err := a.Admit(ctx, 0)
+			done <- err
+		}()
+		time.Sleep(500 * time.Millisecond)
+		synctest.Wait()
+		if n := a.Snapshot().Waiting; n != 1 {
+			t.Fatalf("%d writes waiting; want the one whose turn is in 0.5 s", n)
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Admit after the caller left = %v; want context.Canceled", err)
+		}
+		next, err := a.Admit(context.Background(), 0)
+		if err != nil || next.at.Sub(first.at) > 1100*time.Millisecond {
+			t.Errorf("the next write's turn is %v after the last sent (%v); want the turn given back, about 1 s", next.at.Sub(first.at), err)
+		}
+		if n := up.sentSoFar(); n != sent {
+			t.Errorf("the upstream was sent %d more writes; want none for the caller that left", n-sent)
+		}
+		a.Done(next, nil)
+	})
+}
+
+// retryAfterError is an overload that says how long to wait.
+type retryAfterError struct{ wait time.Duration }
+
+func (e retryAfterError) Error() string { return "overloaded" }
+
+// TestTheUpstreamsRetryAfterIsKept: after an overload answer with a
+// Retry-After, no write goes before it, not even one already waiting.
+func TestTheUpstreamsRetryAfterIsKept(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		a.o.Overloaded = func(err error) bool { return errors.As(err, new(retryAfterError)) || errors.Is(err, errTestOverload) }
+		a.o.RetryAfter = func(err error) time.Duration {
+			var ra retryAfterError
+			errors.As(err, &ra)
+			return ra.wait
+		}
+		up := &windowUpstream{n: 1, w: time.Second}
+		learnOnePerSecond(t, func() {
+			if turn, err := a.Admit(context.Background(), 0); err == nil {
+				a.Done(turn, up.call())
+			}
+		})
+		first, err := a.Admit(context.Background(), 0)
+		if err != nil || !first.at.Equal(time.Now()) {
+			t.Fatalf("a write to an idle upstream waits: %v, %v", first.at, err)
+		}
+		waited := make(chan error)
+		go func() {
+			turn, err := a.Admit(context.Background(), 0) // its turn is in about 1 s
+			if err == nil && time.Since(first.at) < 3*time.Second {
+				t.Errorf("a waiting write went %v after the overload; want none before its Retry-After of 3 s", time.Since(first.at))
+			}
+			if err == nil {
+				a.Done(turn, nil)
+			}
+			waited <- err
+		}()
+		synctest.Wait()
+		a.Done(first, retryAfterError{3 * time.Second}) // "come back in 3 s"
+		if err := <-waited; err == nil {
+			t.Log("the waiting write went after the Retry-After")
+		} else if pe := new(pacingError); !errors.As(err, &pe) || time.Since(first.at)+pe.RetryAfter < 3*time.Second {
+			t.Errorf("the waiting write = %v after %v; want a pacing refusal saying to come back after the 3 s", err, time.Since(first.at))
+		}
+		next, err := a.Admit(context.Background(), 0)
+		if err == nil && next.at.Sub(first.at) < 3*time.Second {
+			t.Errorf("a new write goes %v after the overload; want not before its Retry-After of 3 s", next.at.Sub(first.at))
+		}
+	})
+}
+
+// freeAtLocked returns when the model gives the next turn (no probe).
+func (a *admission) freeAtLocked(t *testing.T) time.Time {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.freeAt(time.Duration(float64(a.wHi) * paceMargin))
+}
+
+// TestAKeyedWriteHoldsItsKeyWhileItWaits: a duplicate of a keyed write
+// waiting for its turn is 409 at once (never queued twice); a keyed write
+// refused by the pacing leaves its key free.
+func TestAKeyedWriteHoldsItsKeyWhileItWaits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := &windowUpstream{n: 1, w: time.Second}
+		g := newTestGateway(t, windowHandler(up, ""), nil)
+		learnOnePerSecond(t, func() { g.post("/addEvent", `{"name": "learn", "userId": "1"}`) })
+		if s := g.pacing.Snapshot(); s.Writes != 1 || s.Window < time.Second || s.Window > 1100*time.Millisecond {
+			t.Fatalf("learnt %+v; want 1 write per 1 s to 1.1 s", s)
+		}
+		noProbes(g.pacing) // their timing is the jitter's
+		if c := g.post("/addEvent", `{"name": "now", "userId": "1"}`).Code; c != 200 {
+			t.Fatalf("a write to an idle upstream = %d; want 200", c)
+		}
+		keyed := make(chan int)
+		go func() { keyed <- g.post("/addEvent", `{"name": "k", "userId": "1"}`, "Idempotency-Key", "k-1").Code }()
+		synctest.Wait()
+		start := time.Now()
+		if c := g.post("/addEvent", `{"name": "k", "userId": "1"}`, "Idempotency-Key", "k-1").Code; c != 409 || time.Since(start) != 0 {
+			t.Errorf("the same key while the first waits = %d after %v; want 409 at once", c, time.Since(start))
+		}
+		if c := <-keyed; c != 200 {
+			t.Errorf("the keyed write that waited = %d; want 200", c)
+		}
+
+		plain := make(chan int)
+		go func() { plain <- g.post("/addEvent", `{"name": "p", "userId": "1"}`).Code }() // takes the next turn, in 1 s
+		synctest.Wait()
+		for i := range 2 {
+			rec := g.post("/addEvent", `{"name": "k2", "userId": "1"}`, "Idempotency-Key", "k-2")
+			if rec.Code != 503 || !strings.Contains(rec.Body.String(), "pacing") {
+				t.Errorf("keyed write %d with no turn in time = %d %s; want a pacing 503 (the key free again)", i+1, rec.Code, rec.Body)
+			}
+		}
+		if c := <-plain; c != 200 {
+			t.Errorf("the write that took the next turn = %d; want 200", c)
+		}
+	})
+}
+
+// TestAnUpstreamThatNeverAcceptsOpensTheBreaker: 503s from an upstream
+// that has taken no write for a minute are an outage, and open the breaker
+// as the seed rule says; the admission has nothing to learn from them.
+func TestAnUpstreamThatNeverAcceptsOpensTheBreaker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, statusUpstream(503, "application/json", `{"error": "down"}`), nil)
+		for range 3 {
+			g.post("/addEvent", `{"name": "x", "userId": "1"}`)
+		}
+		if s := g.breaker.Snapshot(); s.State != stateOpen {
+			t.Errorf("after 3 refusals from an upstream that never accepted, the breaker is %s; want open", s.State)
+		}
+		if r := g.pacing.Snapshot().WritesPerSecond; r != 0 {
+			t.Errorf("paced at %v/s; want not paced: nothing was accepted", r)
+		}
+	})
+}
+
+// noProbes keeps a from probing for the rest of a test, so that which
+// write goes when does not depend on the probes' jitter.
+func noProbes(a *admission) {
+	a.mu.Lock()
+	a.probeAt = time.Now().Add(time.Hour)
+	a.mu.Unlock()
+}
