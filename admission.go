@@ -256,8 +256,13 @@ func (a *admission) Done(t turn, err error) {
 	if t.probe {
 		a.probing = false
 	}
-	if overloaded || err != nil && a.o.Unsent(err) {
+	switch {
+	case err != nil && a.o.Unsent(err), overloaded && (t.probe || a.n == 0):
 		a.release(t) // the upstream did not count it
+	case overloaded:
+		// A write the model allowed, refused: someone else (another
+		// instance, another client) took its place. It keeps the slot, so
+		// that the model paces as if it had gone.
 	}
 	if wait := a.o.RetryAfter(err); overloaded && wait > 0 && now.Add(wait).After(a.blockedUntil) {
 		a.blockedUntil = now.Add(wait)
@@ -292,7 +297,7 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 		}
 		return
 	}
-	if t.at.Before(a.shrunkAt) {
+	if !t.at.After(a.shrunkAt) {
 		return // given its turn under the n before: nothing new
 	}
 	since := time.Duration(math.MaxInt64) // since the n-th last write before it

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -85,6 +86,8 @@ func offer(a *admission, up *windowUpstream, rate float64, d time.Duration) {
 func TestPacingFollowsTheCapacity(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a := newTestAdmission()
+		var log bytes.Buffer
+		a.o.Logger = slog.New(slog.NewJSONHandler(&log, nil))
 		up := &windowUpstream{n: 5, w: 10 * time.Second}
 		if r := a.Snapshot().WritesPerSecond; r != 0 {
 			t.Errorf("paced at %v/s before any overload; want not paced", r)
@@ -104,6 +107,26 @@ func TestPacingFollowsTheCapacity(t *testing.T) {
 		offer(a, up, 3, 30*time.Second)
 		if r := a.Snapshot().WritesPerSecond; r > 0.5 {
 			t.Errorf("30 s after the capacity fell back, paced at %.3f/s; want at most 0.5", r)
+		}
+		// One line each time the estimate moved by more than 2×: from not
+		// paced, up to 5 per 10 s, to 20 per 10 s, and back.
+		var logged []float64
+		for line := range strings.Lines(log.String()) {
+			var l struct {
+				Msg       string  `json:"msg"`
+				PerSecond float64 `json:"writes_per_second"`
+			}
+			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "write pacing changed" {
+				logged = append(logged, l.PerSecond)
+			}
+		}
+		for i := 1; i < len(logged); i++ {
+			if ratio := logged[i] / logged[i-1]; ratio < 2 && ratio > 0.5 {
+				t.Errorf("logged %.3f/s after %.3f/s: less than a factor of 2", logged[i], logged[i-1])
+			}
+		}
+		if len(logged) < 3 || len(logged) > 8 || logged[len(logged)-1] > 1 {
+			t.Errorf("logged estimates %v; want a line for each large change, ending below 1/s", logged)
 		}
 	})
 }
@@ -234,7 +257,8 @@ type retryAfterError struct{ wait time.Duration }
 func (e retryAfterError) Error() string { return "overloaded" }
 
 // TestTheUpstreamsRetryAfterIsKept: after an overload answer with a
-// Retry-After, no write goes before it, not even one already waiting.
+// Retry-After, no write goes before it, not even one already waiting for a
+// turn it was given before.
 func TestTheUpstreamsRetryAfterIsKept(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a := newTestAdmission()
@@ -250,9 +274,20 @@ func TestTheUpstreamsRetryAfterIsKept(t *testing.T) {
 				a.Done(turn, up.call())
 			}
 		})
+		noProbes(a)
+		accepted, err := a.Admit(context.Background(), 0)
+		if err != nil || !accepted.at.Equal(time.Now()) {
+			t.Fatalf("a write to an idle upstream waits: %v, %v", accepted.at, err)
+		}
+		a.Done(accepted, nil)
+		// A probe (one write more than the model allows) is refused with
+		// a Retry-After while the next write waits for its turn.
+		a.mu.Lock()
+		a.probeAt = time.Now()
+		a.mu.Unlock()
 		first, err := a.Admit(context.Background(), 0)
-		if err != nil || !first.at.Equal(time.Now()) {
-			t.Fatalf("a write to an idle upstream waits: %v, %v", first.at, err)
+		if err != nil || !first.probe {
+			t.Fatalf("the write after the probe was allowed = %+v, %v; want a probe", first, err)
 		}
 		waited := make(chan error)
 		go func() {
@@ -352,4 +387,113 @@ func noProbes(a *admission) {
 	a.mu.Lock()
 	a.probeAt = time.Now().Add(time.Hour)
 	a.mu.Unlock()
+}
+
+// TestTheWaitingRoomIsBounded: a write waits only while its request's
+// deadline leaves its whole reserve (UPSTREAM_TIMEOUT) after its turn, and
+// only while fewer than MaxQueue wait; otherwise it is refused at once.
+func TestTheWaitingRoomIsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		a.o.MaxQueue = 2
+		up := &windowUpstream{n: 1, w: time.Second}
+		learnOnePerSecond(t, func() {
+			if turn, err := a.Admit(context.Background(), 0); err == nil {
+				a.Done(turn, up.call())
+			}
+		})
+		noProbes(a)
+		first, _ := a.Admit(context.Background(), 0)
+		a.Done(first, nil)
+
+		// Its turn comes in about 1 s, but its deadline is in 1.5 s and
+		// the write needs 1 s after its turn.
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		if _, err := a.Admit(ctx, time.Second); !errors.As(err, new(*pacingError)) || time.Since(start) != 0 {
+			t.Errorf("a write whose deadline leaves 0.5 s after its turn = %v after %v; want a pacing refusal at once", err, time.Since(start))
+		}
+
+		// MaxQueue 2: two wait (turns in about 1 and 2 s) ...
+		ctx, cancel = context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		a.o.MaxWait = 10 * time.Second
+		for range 2 {
+			wg.Go(func() { a.Admit(ctx, 0) })
+		}
+		synctest.Wait()
+		// ... and the third is refused, though its turn is within MaxWait.
+		if _, err := a.Admit(context.Background(), 0); !errors.As(err, new(*pacingError)) {
+			t.Errorf("a third write with two waiting = %v; want a pacing refusal", err)
+		}
+		cancel()
+		wg.Wait()
+	})
+}
+
+// TestACapacityOneSmallerCostsOneStep: a model one write too generous (the
+// upstream took 6 per window, then 5 again) loses that one write at the
+// first refusal it cannot explain, not half of them.
+func TestACapacityOneSmallerCostsOneStep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		up := &windowUpstream{n: 5, w: 10 * time.Second}
+		offer(a, up, 2, 50*time.Second)
+		up.setCapacity(6)
+		offer(a, up, 2, 30*time.Second)
+		if n := a.Snapshot().Writes; n != 6 {
+			t.Fatalf("the model has %d writes per window after 30 s at 6; want 6", n)
+		}
+		up.setCapacity(5)
+		lowest := make(chan int)
+		stop := make(chan struct{})
+		go func() { // samples the model every 100 ms
+			low := a.Snapshot().Writes
+			for {
+				select {
+				case <-stop:
+					lowest <- low
+					return
+				case <-time.After(100 * time.Millisecond):
+					low = min(low, a.Snapshot().Writes)
+				}
+			}
+		}()
+		offer(a, up, 2, 30*time.Second)
+		close(stop)
+		if n, low := a.Snapshot().Writes, <-lowest; n != 5 || low != 5 {
+			t.Errorf("the model has %d writes per window 30 s after the capacity fell to 5, and %d at the lowest; want 5 and 5", n, low)
+		}
+	})
+}
+
+// TestRefusalsOfWritesSentTogetherCountOnce: writes that went together
+// under one model and are refused together are one piece of news: the
+// model shrinks once, not once per write.
+func TestRefusalsOfWritesSentTogetherCountOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		up := &windowUpstream{n: 20, w: 10 * time.Second}
+		offer(a, up, 3, 60*time.Second)
+		if n := a.Snapshot().Writes; n != 20 {
+			t.Fatalf("the model has %d writes per window after 60 s at 20; want 20", n)
+		}
+		noProbes(a)
+		time.Sleep(20 * time.Second) // the window empties
+		var turns []turn
+		for range 3 {
+			turn, err := a.Admit(context.Background(), 0)
+			if err != nil || !turn.at.Equal(time.Now()) {
+				t.Fatalf("a write to an empty window = %+v, %v; want it sent at once", turn, err)
+			}
+			turns = append(turns, turn)
+		}
+		for _, turn := range turns { // someone else took the capacity
+			a.Done(turn, errTestOverload)
+		}
+		if n := a.Snapshot().Writes; n != 19 {
+			t.Errorf("after 3 writes sent together were refused, the model has %d writes per window; want 19 (one step)", n)
+		}
+	})
 }
