@@ -39,7 +39,9 @@ import (
 // probe that is accepted sends the next at once (so a capacity 4× larger
 // is reached as fast as writes come), and after a refusal the next waits
 // probeEvery: at a steady capacity about one write per probeEvery is
-// refused, and a capacity that grows is found within probeEvery.
+// refused, and a capacity that grows is found within probeEvery. Twice
+// that for a minute after a refusal the model could not explain: another
+// writer (another instance) shares the upstream, and each probe costs more.
 //
 // A write that finds no room waits for its turn (first come, first served)
 // if the turn comes within MaxWait, leaves its request's deadline the whole
@@ -326,8 +328,14 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 	case accepted && t.probe || a.bisecting():
 		a.probeAt = now // the next at once
 	case t.probe || !accepted:
+		wait := probeEvery
+		if !a.shrunkAt.IsZero() && now.Sub(a.shrunkAt) < maxWindow {
+			// A refusal the model could not explain within the last
+			// minute: someone else writes too, and probes cost more.
+			wait *= 2
+		}
 		// Less up to 20%, so that instances do not probe together.
-		a.probeAt = now.Add(probeEvery - time.Duration(0.2*a.o.Jitter()*float64(probeEvery)))
+		a.probeAt = now.Add(wait - time.Duration(0.2*a.o.Jitter()*float64(wait)))
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sync"
@@ -97,8 +98,11 @@ func simulatePacing(t *testing.T, phases []pacingPhase, instances int) (pacingRu
 		m.ServeHTTP(w, req)
 	})
 	var gs []*testGateway
-	for range instances {
-		gs = append(gs, newTestGateway(t, upstream, nil))
+	for i := range instances {
+		g := newTestGateway(t, upstream, nil)
+		// The probes' jitter, seeded: a run is the same every time.
+		g.pacing.o.Jitter = rand.New(rand.NewPCG(uint64(i), 1)).Float64
+		gs = append(gs, g)
 	}
 	var wg sync.WaitGroup
 	n := 0
@@ -145,10 +149,11 @@ func TestPacingMeetsTheUpstreamsCapacity(t *testing.T) {
 	}{
 		// The issue's targets.
 		{"5 then 20 per 10 s", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2}, {40 * time.Second, 20, 10 * time.Second, 3}}, []float64{0.9, 0.8}, 0.1, 1},
-		// Two instances behind a round-robin balancer, each learning alone:
-		// the issue asks for at most 15% overloads; this gives about 20%
-		// (each probes, and each sees the other's writes as noise).
-		{"5 then 20 per 10 s, two instances", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2}, {40 * time.Second, 20, 10 * time.Second, 3}}, []float64{0.8, 0.8}, 0.25, 2},
+		// Two instances behind a round-robin balancer, each learning alone
+		// (each probes, and each sees the other's writes as noise): the
+		// issue asks for at most 15% overloads; 20 seeds of the jitter give
+		// 14% to 18% (this one 18%), and 86% to 94% of phase 2.
+		{"5 then 20 per 10 s, two instances", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2}, {40 * time.Second, 20, 10 * time.Second, 3}}, []float64{0.85, 0.8}, 0.2, 2},
 		// Others: ours, a little below what the simulation gives.
 		{"10 per 5 s", []pacingPhase{{100 * time.Second, 10, 5 * time.Second, 4}}, []float64{0.85}, 0.1, 1},
 		{"100 per minute", []pacingPhase{{180 * time.Second, 100, time.Minute, 3}}, []float64{0.95}, 0.05, 1},
