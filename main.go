@@ -132,9 +132,7 @@ func runWith(ctx context.Context, getenv func(string) string, stdout io.Writer, 
 	if healthcheck {
 		return checkHealth(ctx, cfg.ListenAddr, cfg.Port)
 	}
-	lines := newLogWriter(stdout) // one write(2) per batch of lines, not per line
-	defer lines.Close()
-	logger := newLogger(lines, cfg)
+	logger := newLogger(stdout, cfg)
 	for _, warning := range retiredSet(getenv) {
 		logger.WarnContext(ctx, warning)
 	}
