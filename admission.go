@@ -51,19 +51,20 @@ import (
 type admission struct {
 	o admissionOptions
 
-	mu           sync.Mutex
-	slots        []turn        // the writes that went (or wait) within maxWindow, by time
-	n            int           // writes per window; 0: not paced
-	wLo, wHi     time.Duration // the window, as known: wLo < w ≤ wHi
-	seq          uint64        // numbers the turns
-	epoch        uint64        // counts the times the model shrank: turns given before are taken again
-	waiting      int           // writes waiting for their turn
-	probing      bool          // a probe is out
-	probeAt      time.Time     // no probe before
-	shrunkAt     time.Time     // n was last halved: writes that went before say nothing more
-	blockedUntil time.Time     // the upstream's Retry-After
-	lastAccepted time.Time
-	logged       float64 // the estimate last logged
+	mu            sync.Mutex
+	slots         []turn        // the writes that went (or wait) within maxWindow, by time
+	n             int           // writes per window; 0: not paced
+	wLo, wHi      time.Duration // the window, as known: wLo < w ≤ wHi
+	seq           uint64        // numbers the turns
+	epoch         uint64        // counts the times the model shrank: turns given before are taken again
+	waiting       int           // writes waiting for their turn
+	probing       bool          // a probe is out
+	probeAt       time.Time     // no probe before
+	shrunkAt      time.Time     // n was last halved: writes that went before say nothing more
+	blockedUntil  time.Time     // the upstream's Retry-After
+	lastAccepted  time.Time
+	refusingSince time.Time // the first overload since the last write accepted
+	logged        float64   // the estimate last logged
 }
 
 // admissionOptions configure an admission; every field is required.
@@ -72,11 +73,13 @@ type admissionOptions struct {
 	MaxQueue int           // writes waiting at once, at most
 	// Overloaded reports whether a write's error is the upstream saying it
 	// has no room (a 503 or 429); RetryAfter returns how long it asked to
-	// wait (0 if it did not say); Unsent reports that the write never
-	// reached the upstream.
+	// wait (0 if it did not say); Uncounted reports that the upstream did
+	// not count the write against its capacity: it never reached it, or was
+	// refused as the client's mistake (a 4xx), so that writes for unknown
+	// users take no one's room.
 	Overloaded func(error) bool
 	RetryAfter func(error) time.Duration
-	Unsent     func(error) bool
+	Uncounted  func(error) bool
 	Jitter     func() float64 // in [0, 1), as math/rand/v2.Float64
 	Logger     *slog.Logger   // one line when the estimate moves by more than 2×
 	Metrics    *metrics
@@ -259,7 +262,7 @@ func (a *admission) Done(t turn, err error) {
 		a.probing = false
 	}
 	switch {
-	case err != nil && a.o.Unsent(err), overloaded && (t.probe || a.n == 0):
+	case err != nil && a.o.Uncounted(err), overloaded && (t.probe || a.n == 0):
 		a.release(t) // the upstream did not count it
 	case overloaded:
 		// A write the model allowed, refused: someone else (another
@@ -277,9 +280,12 @@ func (a *admission) Done(t turn, err error) {
 	a.slots = slices.Delete(a.slots, 0, cut)
 	switch {
 	case err == nil:
-		a.lastAccepted = now
+		a.lastAccepted, a.refusingSince = now, time.Time{}
 		a.learn(t, true, now)
 	case overloaded:
+		if a.refusingSince.IsZero() {
+			a.refusingSince = now
+		}
 		a.learn(t, false, now)
 	}
 	if r := a.rate(); r > 2*a.logged || r < a.logged/2 {
@@ -307,8 +313,12 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 		since = t.at.Sub(before[len(before)-a.n].at)
 	}
 	switch {
-	case accepted && since <= a.wLo:
-		a.n = min(a.n+1, maxSlots) // n+1 fit in a window: more fit than thought
+	case accepted && (since <= a.wLo || t.probe && !a.bisecting()):
+		// n+1 fit in a window, or one more than the model allows fit once
+		// the window is known: more fit than thought. (A probe that lands
+		// where the bounds could explain it would otherwise only ever
+		// narrow them, and a model of 500 per minute never grows.)
+		a.n = min(a.n+1, maxSlots)
 	case accepted:
 		a.wHi = min(a.wHi, since)
 	case since >= a.wHi:
@@ -362,14 +372,21 @@ func (a *admission) Snapshot() admissionSnapshot {
 	return admissionSnapshot{WritesPerSecond: a.rate(), Writes: a.n, Window: a.wHi, Waiting: a.waiting}
 }
 
-// AtFloor reports whether the upstream has accepted no write for
-// maxWindow: one that still refuses then is out, not busy, and its
-// refusals are the breaker's to count.
+// AtFloor reports whether the upstream refuses even the slowest pace: it
+// never accepted a write, or accepted none for maxWindow and has refused
+// them for floorAfter (so that an idle minute is not taken for an outage).
+// Its refusals are then the breaker's to count.
 func (a *admission) AtFloor() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.lastAccepted.IsZero() || time.Since(a.lastAccepted) > maxWindow
+	now := time.Now()
+	return a.lastAccepted.IsZero() ||
+		now.Sub(a.lastAccepted) > maxWindow && !a.refusingSince.IsZero() && now.Sub(a.refusingSince) >= floorAfter
 }
+
+// floorAfter is how long an upstream that accepted writes before must
+// refuse them all before its refusals count as an outage.
+const floorAfter = 10 * time.Second
 
 func maxTime(x, y time.Time) time.Time {
 	if x.After(y) {

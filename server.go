@@ -51,7 +51,7 @@ func wire(cfg config, logger *slog.Logger, upstreamURL string, transport http.Ro
 		MaxQueue:   admissionMaxQueue,
 		Overloaded: isOverload,
 		RetryAfter: retryAfter,
-		Unsent:     neverSent,
+		Uncounted:  func(err error) bool { return neverSent(err) || clientMistake(err) },
 		Jitter:     rand.Float64,
 		Logger:     logger,
 		Metrics:    m,

@@ -173,6 +173,14 @@ func isOverload(err error) bool {
 	return errors.As(err, &ue) && ue.Kind == failUnavailable
 }
 
+// clientMistake reports whether the upstream refused a call as the
+// client's mistake (a 4xx other than 429): nothing was stored, and an
+// upstream checks that before it counts a write against its capacity.
+func clientMistake(err error) bool {
+	var ue *upstreamError
+	return errors.As(err, &ue) && (ue.Kind == failNotFound || ue.Kind == failRejected)
+}
+
 func isNotFound(err error) bool {
 	var ue *upstreamError
 	return errors.As(err, &ue) && ue.Kind == failNotFound
