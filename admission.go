@@ -30,9 +30,10 @@ import (
 //     last went d ago says w ≤ d; one refused says w > d. Writes go at the
 //     upper bound (slowest, so safe); probes test the middle (bisection).
 //   - An outcome that no w explains corrects n: accepted sooner than the
-//     lower bound allows means more fit (n+1); refused later than the upper
-//     bound means fewer fit (n-1, or n/2 if it happens again within a
-//     window; probes grow it back).
+//     lower bound allows (or a probe accepted once w is known) means more
+//     fit (n+1); refused later than the upper bound means fewer fit (n-1,
+//     or n/2 if it happens again within a window; probes grow it back).
+//     A paced write refused keeps its slot: someone else took it.
 //
 // A probe is one write more than the model allows, sent after every write
 // already given a turn (so that it never takes theirs). One at a time; a
@@ -56,15 +57,15 @@ type admission struct {
 	n             int           // writes per window; 0: not paced
 	wLo, wHi      time.Duration // the window, as known: wLo < w ≤ wHi
 	seq           uint64        // numbers the turns
-	epoch         uint64        // counts the times the model shrank: turns given before are taken again
+	epoch         uint64        // bumped when turns given are void (the model shrank, or a Retry-After): they are taken again
 	waiting       int           // writes waiting for their turn
 	probing       bool          // a probe is out
 	probeAt       time.Time     // no probe before
-	shrunkAt      time.Time     // n was last halved: writes that went before say nothing more
+	shrunkAt      time.Time     // n last shrank: writes that went before say nothing more
 	blockedUntil  time.Time     // the upstream's Retry-After
-	lastAccepted  time.Time
-	refusingSince time.Time // the first overload since the last write accepted
-	logged        float64   // the estimate last logged
+	lastAccepted  time.Time     // for AtFloor
+	refusingSince time.Time     // the first overload since the last write accepted
+	logged        float64       // the estimate last logged
 }
 
 // admissionOptions configure an admission; every field is required.
