@@ -538,7 +538,7 @@ func TestWritesTheUpstreamDidNotCountTakeNoRoom(t *testing.T) {
 			asked := time.Now()
 			turn, err := a.Admit(context.Background(), 0)
 			if err != nil || !turn.at.Equal(asked) {
-				t.Fatalf("a write after writes for unknown users waits (%v, %v); want it sent at once", turn.at.Sub(time.Now()), err)
+				t.Fatalf("a write after writes for unknown users waits (%v, %v); want it sent at once", turn.at.Sub(asked), err)
 			}
 			a.Done(turn, errTestMistake)
 		}
