@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -588,6 +589,34 @@ func TestWritesForUnknownUsersTakeNoRoom(t *testing.T) {
 		start := time.Now()
 		if c := g.post("/addEvent", `{"name": "y", "userId": "1"}`).Code; c != 200 || time.Since(start) != 0 {
 			t.Errorf("an honest write after them = %d after %v; want 200 at once", c, time.Since(start))
+		}
+	})
+}
+
+// TestAnOpenBreakerIsToldAtOnceWhilePaced: with the breaker open, a write
+// is answered 503 at once, not after waiting for a pacing turn.
+func TestAnOpenBreakerIsToldAtOnceWhilePaced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := &windowUpstream{n: 1, w: time.Second}
+		var down atomic.Bool
+		paced := windowHandler(up, "")
+		g := newTestGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if down.Load() && r.Method == http.MethodPost {
+				http.Error(w, "down", http.StatusInternalServerError)
+				return
+			}
+			paced.ServeHTTP(w, r)
+		}), nil)
+		learnOnePerSecond(t, func() { g.post("/addEvent", `{"name": "learn", "userId": "1"}`) })
+		noProbes(g.pacing)
+		down.Store(true)
+		for g.breaker.Snapshot().State != stateOpen {
+			g.post("/addEvent", `{"name": "fails", "userId": "1"}`) // paced, one a second
+		}
+		start := time.Now()
+		rec := g.post("/addEvent", `{"name": "while open", "userId": "1"}`)
+		if rec.Code != 503 || !strings.Contains(rec.Body.String(), "unavailable") || time.Since(start) != 0 {
+			t.Errorf("a write while the breaker is open = %d %s after %v; want the breaker's 503 at once", rec.Code, rec.Body, time.Since(start))
 		}
 	})
 }

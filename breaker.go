@@ -155,6 +155,19 @@ type ticket struct{ generation uint64 }
 // errCallPanicked is recorded, as a fault, for a call that panicked.
 var errCallPanicked = errors.New("the call panicked")
 
+// Refusing returns the *openError an open breaker would refuse a call
+// with now, or nil. A caller that waits before it calls Execute (a write
+// waiting for its pacing turn) asks first, so that it is told at once.
+func (b *breaker) Refusing() error {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == stateOpen {
+		return &openError{RetryAfter: max(b.nextTrial.Sub(now), 0)}
+	}
+	return nil
+}
+
 // admit lets a call through or refuses it with an *openError.
 func (b *breaker) admit(now time.Time) (ticket, error) {
 	b.mu.Lock()

@@ -159,6 +159,10 @@ func handleAddEvent(up *upstream, adm *admission, br *breaker, keys *idempotency
 			defer func() { keys.Finish(claim, result) }()
 		}
 
+		if err := br.Refusing(); err != nil {
+			result = writeUnsent
+			return err // at once, not after a wait for a pacing turn
+		}
 		t, err := adm.Admit(r.Context(), up.timeout)
 		if err != nil {
 			result = writeUnsent
