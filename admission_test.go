@@ -148,7 +148,7 @@ func windowHandler(up *windowUpstream, retryAfter string) http.Handler {
 	})
 }
 
-// sent returns how many writes up was sent.
+// sentSoFar returns how many writes up was sent.
 func (u *windowUpstream) sentSoFar() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -21,6 +21,12 @@ type traceContext struct {
 	state   string // the tracestate to pass on, within bounds; "" for none
 }
 
+// The all-zero ids, which the specification says are invalid.
+const (
+	zeroTraceID  = "00000000000000000000000000000000"
+	zeroParentID = "0000000000000000"
+)
+
 // Bounds on the tracestate passed on, as the specification sets them.
 const (
 	maxTraceStateMembers = 32
@@ -54,7 +60,7 @@ func parseTraceparent(v string) (traceID, flags string, ok bool) {
 	}
 	traceID, parent, flags := v[3:35], v[36:52], v[53:55]
 	if !isLowerHex(traceID) || !isLowerHex(parent) || !isLowerHex(flags) ||
-		traceID == strings.Repeat("0", 32) || parent == strings.Repeat("0", 16) {
+		traceID == zeroTraceID || parent == zeroParentID {
 		return "", "", false
 	}
 	return traceID, flags, true
