@@ -410,9 +410,5 @@ func checkHealth(ctx context.Context, listenAddr string, port int) error {
 }
 
 func newLogger(w io.Writer, cfg config) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(newLogHandler(w, cfg.LogFormat == "json", cfg.LogLevel))
 }

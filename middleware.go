@@ -186,17 +186,18 @@ func withAccessLog(logger *slog.Logger, m *metrics) middleware {
 			d := time.Since(start)
 			m.count(m.requests, labels{route, strconv.Itoa(rec.status())})
 			m.observe(m.reqDuration, labels{route}, d)
-			logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
-				slog.String("request_id", requestIDFrom(r.Context())),
-				slog.String("trace_id", traceIDFrom(r.Context())),
-				slog.String("method", r.Method),
-				slog.String("route", route),
-				slog.String("path", cut(r.URL.Path, maxLoggedPath)),
-				slog.String("client", r.RemoteAddr),
-				slog.Int("status", rec.status()),
-				slog.Int64("bytes", bodyBytes(r, rec)),
-				slog.Float64("duration", d.Seconds()),
-			)
+			logAccess(r.Context(), logger, &accessLine{
+				time:      start.Add(d), // now, without asking the clock again
+				requestID: requestIDFrom(r.Context()),
+				traceID:   traceIDFrom(r.Context()),
+				method:    r.Method,
+				route:     route,
+				path:      cut(r.URL.Path, maxLoggedPath),
+				client:    r.RemoteAddr,
+				status:    rec.status(),
+				bytes:     bodyBytes(r, rec),
+				duration:  d,
+			})
 		})
 	}
 }
