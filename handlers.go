@@ -21,12 +21,12 @@ func handleList(lists *listReader, memory *memoryPool, leave time.Duration) http
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		held := memory.account(leave)
 		defer held.close()
-		body, done, err := lists.Read(r.Context())
+		answer, done, err := lists.Read(r.Context())
 		defer done()
 		if err != nil {
 			return err
 		}
-		writeAnswer(w, r, held, func(write func([]byte)) { write(body); write([]byte{'\n'}) })
+		writeTagged(w, r, held, answer.tag, answer.pieces)
 		return nil
 	})
 }

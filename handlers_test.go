@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"sync"
@@ -29,6 +30,11 @@ func TestEndpointsAnswerTheMocksData(t *testing.T) {
 		}
 
 		rec = g.get("/getEvents")
+		upstream := httptest.NewRecorder()
+		m.ServeHTTP(upstream, httptest.NewRequest("GET", "/getEvents", nil))
+		if rec.Body.String() != strings.TrimSpace(upstream.Body.String())+"\n" {
+			t.Errorf("GET /getEvents body = %q; want the upstream's list as it sent it, and a newline: %q", rec.Body, upstream.Body)
+		}
 		if events := decodeEvents(t, rec.Body); rec.Code != 200 || len(events) != 4 {
 			t.Errorf("GET /getEvents = %d, %d events; want 200, 4", rec.Code, len(events))
 		}

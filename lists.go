@@ -26,7 +26,7 @@ import (
 type listReader struct {
 	fetch  func(context.Context) ([]byte, error)
 	memory *memoryPool // the answers pool
-	calls  *flightGroup[uint64, []byte]
+	calls  *flightGroup[uint64, listAnswer]
 
 	mu       sync.Mutex                  // protects the fields below
 	joining  uint64                      // the generation a read arriving now joins: not yet sent
@@ -41,23 +41,38 @@ func newListReader(op string, fetch func(context.Context) ([]byte, error), memor
 	return &listReader{
 		fetch:   fetch,
 		memory:  memory,
-		calls:   newFlightGroup[uint64, []byte](leftCall(op)),
+		calls:   newFlightGroup[uint64, listAnswer](leftCall(op)),
 		readers: map[uint64]int{},
 		held:    map[uint64][]*memoryAccount{},
 	}
 }
 
+// listAnswer is a list as the upstream answered it, and the ETag of the
+// answer that carries it, which its readers share.
+type listAnswer struct {
+	list []byte
+	tag  taggedAnswer
+}
+
+// pieces are the bytes of the answer: the list and a newline.
+func (a listAnswer) pieces(write func([]byte)) {
+	write(a.list)
+	write(newline)
+}
+
+var newline = []byte{'\n'}
+
 // Read returns the list as a call sent after Read was called found it,
 // and done, which the caller must call once it has written the answer (or
 // given up), whatever the error: it gives the shared answer's memory back
 // when its last reader is done. When ctx ends first, Read returns at once.
-func (l *listReader) Read(ctx context.Context) (list []byte, done func(), err error) {
+func (l *listReader) Read(ctx context.Context) (answer listAnswer, done func(), err error) {
 	l.mu.Lock()
 	gen := l.joining
 	l.readers[gen]++
 	l.mu.Unlock()
-	list, err, _ = l.calls.Do(ctx, gen, l.call)
-	return list, func() { l.readerDone(gen) }, err
+	answer, err, _ = l.calls.Do(ctx, gen, l.call)
+	return answer, func() { l.readerDone(gen) }, err
 }
 
 // readerDone counts one reader of generation gen as done with its answer.
@@ -75,21 +90,25 @@ func (l *listReader) readerDone(gen uint64) {
 }
 
 // call is the shared call of generation gen: it waits for its turn,
-// reserves the largest list, fetches, and leaves what the answer takes
-// held for the readers still waiting for it.
-func (l *listReader) call(ctx context.Context, gen uint64) ([]byte, error) {
+// reserves the largest list, fetches, tags the answer, and leaves what it
+// takes held for the readers still waiting for it.
+func (l *listReader) call(ctx context.Context, gen uint64) (listAnswer, error) {
 	turn, err := l.takeTurn(ctx, gen)
 	if err != nil {
-		return nil, err
+		return listAnswer{}, err
 	}
 	defer l.endTurn(turn)
 	held := l.memory.account(0)
 	if err := held.reserve(ctx, maxListBody); err != nil {
 		held.close()
-		return nil, err
+		return listAnswer{}, err
 	}
 	list, err := l.fetch(ctx)
 	held.keep(int64(cap(list)))
+	answer := listAnswer{list: list}
+	if err == nil {
+		answer.tag = tagOf(answer.pieces) // once, not once a reader
+	}
 	l.mu.Lock()
 	if l.readers[gen] > 0 {
 		// Usually the one answer of gen. A reader that took gen and was
@@ -101,7 +120,7 @@ func (l *listReader) call(ctx context.Context, gen uint64) ([]byte, error) {
 	if held != nil {
 		held.close() // every reader has left already
 	}
-	return list, err
+	return answer, err
 }
 
 // takeTurn waits, under ctx, until no call of the list is in flight, then

@@ -44,13 +44,13 @@ func (g *gatedList) fetch(ctx context.Context) ([]byte, error) {
 func readAsync(ctx context.Context, l *listReader) <-chan string {
 	out := make(chan string, 1)
 	go func() {
-		list, done, err := l.Read(ctx)
+		answer, done, err := l.Read(ctx)
 		defer done()
 		if err != nil {
 			out <- "error: " + err.Error()
 			return
 		}
-		out <- string(list)
+		out <- string(answer.list)
 	}()
 	return out
 }

@@ -42,9 +42,26 @@ type pieces func(write func([]byte))
 // compressed, streamed, with a writer reserved in held; if none can be
 // had in time, plain.
 func writeAnswer(w http.ResponseWriter, r *http.Request, held *memoryAccount, p pieces) {
+	writeTagged(w, r, held, tagOf(p), p)
+}
+
+// taggedAnswer is an answer's ETag and size, worked out once for an
+// answer that many requests share.
+type taggedAnswer struct {
+	etag string
+	size int
+}
+
+// tagOf returns the weak ETag over the bytes of p, and their number.
+func tagOf(p pieces) taggedAnswer {
 	sum, size := fnv.New64a(), 0
 	p(func(b []byte) { sum.Write(b); size += len(b) })
-	tag := `W/"` + hex.EncodeToString(sum.Sum(nil)) + `"`
+	return taggedAnswer{etag: `W/"` + hex.EncodeToString(sum.Sum(nil)) + `"`, size: size}
+}
+
+// writeTagged is writeAnswer for an answer p whose tag is known.
+func writeTagged(w http.ResponseWriter, r *http.Request, held *memoryAccount, t taggedAnswer, p pieces) {
+	tag, size := t.etag, t.size
 	h := w.Header()
 	h.Set("Etag", tag) // the canonical form: Set need not copy the key
 	h.Set("Cache-Control", "no-cache")
