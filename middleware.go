@@ -141,7 +141,7 @@ const maxRequestIDLength = 128
 func withRequestScope(logger *slog.Logger) middleware {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			id := r.Header.Get("X-Request-ID")
+			id := r.Header.Get("X-Request-Id") // canonical: Get need not copy the key
 			if id == "" || len(id) > maxRequestIDLength || !printableASCII(id) {
 				id = rand.Text()
 			}
