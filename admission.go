@@ -23,9 +23,10 @@ import (
 // go only when fewer than n of them fall in the last w. Both numbers are
 // learnt from outcomes, with no configuration:
 //
-//   - Unpaced until the first overload. Then n is the writes accepted
-//     before it (they filled the window), and w lies between the time they
-//     took and maxWindow.
+//   - Unpaced until two overloads in a row (a write sent after the first
+//     accepted says the first was a hiccup). Then n is the writes accepted
+//     before the first (they filled the window), and w lies between the
+//     time they took and maxWindow.
 //   - Every outcome then narrows w, given n: a write accepted when the n-th
 //     last went d ago says w ≤ d; one refused says w > d. Writes go at the
 //     upper bound (slowest, so safe); probes test the middle (bisection).
@@ -66,6 +67,16 @@ type admission struct {
 	lastAccepted  time.Time     // for AtFloor
 	refusingSince time.Time     // the first overload since the last write accepted
 	logged        float64       // the estimate last logged
+	first         firstOverload // not paced yet: the model the first overload names
+}
+
+// firstOverload is what the first overload says, before pacing begins: n
+// writes, sent over span, filled the window, when a write given its turn
+// at at was refused.
+type firstOverload struct {
+	n    int
+	span time.Duration
+	at   time.Time
 }
 
 // admissionOptions configure an admission; every field is required.
@@ -300,9 +311,20 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 	i, _ := slices.BinarySearchFunc(a.slots, t, compareTurns)
 	before := a.slots[:i] // the writes that went before it
 	if a.n == 0 {
-		if !accepted && len(before) > 0 {
-			a.n = len(before) // the first overload: the writes so far filled the window
-			a.wLo, a.wHi = max(t.at.Sub(before[0].at), time.Millisecond), maxWindow
+		// Not paced yet. The first overload names the model (the writes
+		// before it filled the window), which paces from a second one
+		// that comes before any write sent after the first is accepted:
+		// an upstream that sends a 503 in a hiccup, or at random, takes
+		// the next write, and pacing it would refuse writes it takes.
+		switch {
+		case accepted && a.first.n > 0 && t.at.After(a.first.at):
+			a.first = firstOverload{}
+		case accepted:
+		case a.first.n > 0:
+			a.n, a.wLo, a.wHi = a.first.n, a.first.span, maxWindow
+			a.first = firstOverload{}
+		case len(before) > 0:
+			a.first = firstOverload{n: len(before), span: max(t.at.Sub(before[0].at), time.Millisecond), at: t.at}
 		}
 		return
 	}

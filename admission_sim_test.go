@@ -21,6 +21,7 @@ type pacingPhase struct {
 	capacity int
 	window   time.Duration
 	offered  float64 // writes per second
+	hiccups  float64 // the share of writes refused at random, whatever the capacity
 }
 
 // pacingRun is what a simulated run measured, per phase.
@@ -32,10 +33,11 @@ type pacingRun struct {
 	lost              int // acknowledged, not stored
 }
 
-// capacity returns what the upstream could have taken in phase i.
+// capacity returns what the upstream could have taken in phase i, of the
+// writes offered.
 func (r pacingRun) capacity(i int) int {
 	p := r.phases[i]
-	return int(float64(p.capacity) * p.length.Seconds() / p.window.Seconds())
+	return int(min(float64(p.capacity)/p.window.Seconds(), p.offered) * p.length.Seconds())
 }
 
 func (r pacingRun) overloadShare() float64 {
@@ -73,6 +75,7 @@ func simulatePacing(t *testing.T, phases []pacingPhase, instances int) (pacingRu
 	var mu sync.Mutex // guards r, current and accepted
 	current := 0
 	var accepted []time.Time
+	hiccup := rand.New(rand.NewPCG(0, 2))
 	upstream := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodPost {
 			m.ServeHTTP(w, req)
@@ -83,7 +86,7 @@ func simulatePacing(t *testing.T, phases []pacingPhase, instances int) (pacingRu
 		p := phases[current]
 		r.sent[current]++
 		accepted = slices.DeleteFunc(accepted, func(at time.Time) bool { return !at.After(now.Add(-p.window)) })
-		full := len(accepted) >= p.capacity
+		full := len(accepted) >= p.capacity || hiccup.Float64() < p.hiccups
 		if full {
 			r.over[current]++
 		} else {
@@ -148,18 +151,23 @@ func TestPacingMeetsTheUpstreamsCapacity(t *testing.T) {
 		instances   int
 	}{
 		// The issue's targets.
-		{"5 then 20 per 10 s", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2}, {40 * time.Second, 20, 10 * time.Second, 3}}, []float64{0.9, 0.8}, 0.1, 1},
+		{"5 then 20 per 10 s", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2, 0}, {40 * time.Second, 20, 10 * time.Second, 3, 0}}, []float64{0.9, 0.8}, 0.1, 1},
 		// Two instances behind a round-robin balancer, each learning alone
 		// (each probes, and each sees the other's writes as noise): the
 		// issue asks for at most 15% overloads; 20 seeds of the jitter give
-		// 14% to 18% (this one 18%), and 86% to 94% of phase 2.
-		{"5 then 20 per 10 s, two instances", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2}, {40 * time.Second, 20, 10 * time.Second, 3}}, []float64{0.85, 0.8}, 0.2, 2},
+		// 15% to 19% (median 17%, this one 19%), and 82% to 92% of phase 2.
+		{"5 then 20 per 10 s, two instances", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2, 0}, {40 * time.Second, 20, 10 * time.Second, 3, 0}}, []float64{0.85, 0.8}, 0.2, 2},
 		// Others: ours, a little below what the simulation gives.
-		{"10 per 5 s", []pacingPhase{{100 * time.Second, 10, 5 * time.Second, 4}}, []float64{0.85}, 0.1, 1},
-		{"100 per minute", []pacingPhase{{180 * time.Second, 100, time.Minute, 3}}, []float64{0.95}, 0.05, 1},
+		{"10 per 5 s", []pacingPhase{{100 * time.Second, 10, 5 * time.Second, 4, 0}}, []float64{0.85}, 0.1, 1},
+		{"100 per minute", []pacingPhase{{180 * time.Second, 100, time.Minute, 3, 0}}, []float64{0.95}, 0.05, 1},
 		// Learning a window of 10 s from what 20 writes took (6.7 s) costs
 		// most of the first phase; a capacity that falls costs overloads.
-		{"20 then 5 per 10 s", []pacingPhase{{40 * time.Second, 20, 10 * time.Second, 3}, {60 * time.Second, 5, 10 * time.Second, 2}}, []float64{0.7, 0.8}, 0.2, 1},
+		{"20 then 5 per 10 s", []pacingPhase{{40 * time.Second, 20, 10 * time.Second, 3, 0}, {60 * time.Second, 5, 10 * time.Second, 2, 0}}, []float64{0.7, 0.8}, 0.2, 1},
+		// An upstream with room to spare that refuses 2% of writes at
+		// random (a 503 now and then): no reason to pace. Pacing from the
+		// first refusal served half of them.
+		{"2% refused at random", []pacingPhase{{100 * time.Second, 1000, 10 * time.Second, 5, 0.02}}, []float64{0.95}, 0.05, 1},
+		{"2% refused at random, two instances", []pacingPhase{{100 * time.Second, 1000, 10 * time.Second, 5, 0.02}}, []float64{0.9}, 0.05, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {

@@ -620,3 +620,65 @@ func TestAnOpenBreakerIsToldAtOnceWhilePaced(t *testing.T) {
 		}
 	})
 }
+
+// TestAHiccupIsNotOverload: an upstream that refuses a write now and then
+// and takes the next (a 503 in a deploy, or at random) is not paced: a
+// burst of 50 writes after two such refusals all go at once. Two refusals
+// in a row (no write sent after the first accepted; one sent before it may
+// be) are overload: the writes accepted before the first filled the
+// window, and writes are paced to them.
+func TestAHiccupIsNotOverload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		write := func(err error) {
+			turn, admitErr := a.Admit(context.Background(), 0)
+			if admitErr != nil {
+				t.Fatalf("a write before any pacing: %v", admitErr)
+			}
+			a.Done(turn, err)
+		}
+		burst := func() (atOnce int) {
+			for range 50 {
+				asked := time.Now()
+				turn, err := a.Admit(context.Background(), 0)
+				if err == nil && turn.at.Equal(asked) {
+					atOnce++
+				}
+				if err == nil {
+					a.Done(turn, nil)
+				}
+			}
+			return atOnce
+		}
+		for i := range 20 {
+			time.Sleep(100 * time.Millisecond)
+			if i == 5 || i == 15 {
+				write(errTestOverload)
+			} else {
+				write(nil)
+			}
+		}
+		if s := a.Snapshot(); s.Writes != 0 {
+			t.Errorf("after two refusals among 20 writes, each followed by a write accepted, paced at %d writes per %v; want unpaced", s.Writes, s.Window)
+		}
+		if n := burst(); n != 50 {
+			t.Errorf("after a hiccup, %d of 50 writes went at once; want all", n)
+		}
+
+		time.Sleep(maxWindow)
+		for range 5 {
+			time.Sleep(100 * time.Millisecond)
+			write(nil)
+		}
+		// A write sent before the first refusal, answered after it, says
+		// nothing of the refusal.
+		before, _ := a.Admit(context.Background(), 0)
+		first, _ := a.Admit(context.Background(), 0)
+		a.Done(first, errTestOverload)
+		a.Done(before, nil)
+		write(errTestOverload)
+		if s := a.Snapshot(); s.Writes != 6 || s.Window != maxWindow {
+			t.Errorf("after 6 writes accepted and 2 refused in a row, paced at %d writes per %v; want 6 per %v (at most)", s.Writes, s.Window, maxWindow)
+		}
+	})
+}
