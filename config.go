@@ -87,6 +87,7 @@ var envDefaults = []struct{ name, value string }{
 	{"MOCK_FAIL_RATE", "0.05"},
 	{"MOCK_ADD_CAPACITY", "5"},
 	{"MOCK_ADD_WINDOW", "10s"},
+	{"MOCK_ADD_HICCUPS", "0"},
 	{"MOCK_EVENT_TAIL_RATE", "0"},
 	{"MOCK_EVENT_TAIL_DELAY", "2s"},
 }
@@ -123,6 +124,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 			EventDelay:  p.duration("MOCK_EVENT_DELAY", 0),
 			FailRate:    p.fraction("MOCK_FAIL_RATE"),
 			AddWindow:   p.duration("MOCK_ADD_WINDOW", time.Millisecond),
+			AddHiccups:  p.fraction("MOCK_ADD_HICCUPS"),
 			TailRate:    p.fraction("MOCK_EVENT_TAIL_RATE"),
 			TailDelay:   p.duration("MOCK_EVENT_TAIL_DELAY", 0),
 			RejectDelay: 100 * time.Millisecond,

@@ -12,6 +12,7 @@
 #   INSTANCES=2 bench/admission.sh      # two instances behind HAProxy (apt-get install -y haproxy)
 #   REV=9133e12 bench/admission.sh      # an earlier commit as the gateway (the mock is always this tree's)
 #   CAPACITY=10 WINDOW=5s PHASES=100:4 bench/admission.sh   # another upstream and load
+#   CAPACITY=1000 HICCUPS=0.02 PHASES=100:5 bench/admission.sh   # room to spare, 2% of writes refused at random
 #
 # CAPACITY is MOCK_ADD_CAPACITY: writes per WINDOW, optionally changing once
 # ("5,20@60s"); the change should fall on a phase boundary.
@@ -20,6 +21,7 @@ CAPACITY=${CAPACITY:-5,20@60s}
 WINDOW=${WINDOW:-10s}
 PHASES=${PHASES:-60:2,40:3}
 INSTANCES=${INSTANCES:-1}
+HICCUPS=${HICCUPS:-0}
 UPSTREAM_PORT=3390
 if [ "$INSTANCES" -gt 1 ]; then
   command -v haproxy > /dev/null || { echo "needs haproxy: apt-get install -y haproxy"; exit 1; }
@@ -61,7 +63,7 @@ upstream_calls() {
       END { printf "%d %d\n", sent, over }'
 }
 
-PORT=$UPSTREAM_PORT MOCK_ADD_CAPACITY=$CAPACITY MOCK_ADD_WINDOW=$WINDOW MOCK_FAIL_RATE=0 MOCK_EVENT_DELAY=0s \
+PORT=$UPSTREAM_PORT MOCK_ADD_CAPACITY=$CAPACITY MOCK_ADD_WINDOW=$WINDOW MOCK_ADD_HICCUPS=$HICCUPS MOCK_FAIL_RATE=0 MOCK_EVENT_DELAY=0s \
   "$WORK/mock-eventgate" -env-file= -mock > "$WORK/upstream.log" 2>&1 &
 ALL_PIDS+=($!)
 for _ in $(seq 200); do curl -fs "http://127.0.0.1:$UPSTREAM_PORT/getUsers" > /dev/null && break; sleep 0.01; done
@@ -72,7 +74,7 @@ python3 "$BENCH_DIR/admission_load.py" "$TARGET" "$PHASES" "$WORK/writes.jsonl" 
 echo "end $(upstream_calls)" >> "$WORK/calls"
 curl -fs "http://127.0.0.1:$UPSTREAM_PORT/getEvents" > "$WORK/stored.json"
 
-echo "gateway ${REV:-this tree}, $INSTANCES instance(s); upstream $CAPACITY per $WINDOW; offered $PHASES (seconds:writes per second)"
+echo "gateway ${REV:-this tree}, $INSTANCES instance(s); upstream $CAPACITY per $WINDOW, $HICCUPS refused at random; offered $PHASES (seconds:writes per second)"
 python3 - "$WORK/writes.jsonl" "$WORK/calls" "$WORK/stored.json" "$CAPACITY" "$WINDOW" "$PHASES" <<'PY'
 import json, sys
 writes = [json.loads(l) for l in open(sys.argv[1])]
@@ -87,7 +89,8 @@ marks = [(0, 0)] + [(int(c[1]), int(c[2])) for c in calls]
 start, total_sent, total_over, latencies = 0.0, 0, 0, []
 for i, spec in enumerate(phases.split(",")):
     seconds = float(spec.split(":")[0])
-    cap = int(later if start >= at else first) * seconds / window
+    rate = float(spec.split(":")[1])
+    cap = min(int(later if start >= at else first) / window, rate) * seconds  # of the writes offered
     mine = [w for w in writes if w["phase"] == i + 1]
     acked = [w for w in mine if w["status"] == 200]
     sent, over = marks[i + 1][0] - marks[i][0], marks[i + 1][1] - marks[i][1]

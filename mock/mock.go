@@ -43,6 +43,10 @@ type Options struct {
 	// means never.
 	AddCapacityLater int
 	AddCapacityAt    time.Duration
+	// AddHiccups is the fraction (0 to 1) of POST /addEvent requests
+	// answered 503 whatever the capacity: an upstream with room that
+	// refuses a write now and then (a deploy, a proxy in front of it).
+	AddHiccups float64
 	// RejectDelay is how long an over-capacity POST /addEvent waits before
 	// its 503, as a loaded service would.
 	RejectDelay time.Duration
@@ -250,7 +254,8 @@ func (h *Handler) addEvent(w http.ResponseWriter, r *http.Request) {
 		writeMessage(w, http.StatusNotFound, "User not found")
 		return
 	}
-	if !h.admit(time.Now()) {
+	hiccup := h.opts.AddHiccups > 0 && h.opts.Rand() < h.opts.AddHiccups
+	if hiccup || !h.admit(time.Now()) {
 		if wait(r, h.opts.RejectDelay) {
 			body := []byte(`{"success":false,"error":"Service temporarily unavailable","message":"Event API is experiencing high load"}`)
 			writeJSON(w, http.StatusServiceUnavailable, body, nil)

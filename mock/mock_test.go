@@ -135,6 +135,23 @@ func TestAddEventCapacityWindowSlides(t *testing.T) {
 	})
 }
 
+// TestAddEventHiccups: AddHiccups of the writes are refused whatever the
+// capacity (here unlimited), with the overload answer, and not stored.
+func TestAddEventHiccups(t *testing.T) {
+	draws := []float64{0.5, 0.01, 0.9, 0.019}
+	var i int
+	h := New(Options{AddHiccups: 0.02, Rand: func() float64 { i++; return draws[i-1] }})
+	for n, want := range []int{200, 503, 200, 503} {
+		id := fmt.Sprint("h-", n)
+		if code := serve(h, "POST", "/addEvent", fmt.Sprintf(`{"id": %q, "name": "n", "userId": "1"}`, id)).Code; code != want {
+			t.Errorf("write %d (draw %v) = %d; want %d", n, draws[n], code, want)
+		}
+		if _, stored := h.Event(id); stored != (want == 200) {
+			t.Errorf("write %d answered %d: stored %v", n, want, stored)
+		}
+	}
+}
+
 func TestAddEventCapacityChangesLater(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := New(Options{AddCapacity: 1, AddWindow: time.Minute, AddCapacityLater: 3, AddCapacityAt: 10 * time.Second})
