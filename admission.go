@@ -317,9 +317,10 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 		// an upstream that sends a 503 in a hiccup, or at random, takes
 		// the next write, and pacing it would refuse writes it takes.
 		switch {
-		case accepted && a.first.n > 0 && t.at.After(a.first.at):
-			a.first = firstOverload{}
 		case accepted:
+			if a.first.n > 0 && t.at.After(a.first.at) {
+				a.first = firstOverload{} // the first was a hiccup
+			}
 		case a.first.n > 0:
 			a.n, a.wLo, a.wHi = a.first.n, a.first.span, maxWindow
 			a.first = firstOverload{}

@@ -51,7 +51,7 @@ func newListReader(op string, fetch func(context.Context) ([]byte, error), memor
 // answer that carries it, which its readers share.
 type listAnswer struct {
 	list []byte
-	tag  taggedAnswer
+	tag  answerTag
 }
 
 // pieces are the bytes of the answer: the list and a newline.

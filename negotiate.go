@@ -45,22 +45,22 @@ func writeAnswer(w http.ResponseWriter, r *http.Request, held *memoryAccount, p 
 	writeTagged(w, r, held, tagOf(p), p)
 }
 
-// taggedAnswer is an answer's ETag and size, worked out once for an
+// answerTag is an answer's ETag and size, worked out once for an
 // answer that many requests share.
-type taggedAnswer struct {
+type answerTag struct {
 	etag string
 	size int
 }
 
 // tagOf returns the weak ETag over the bytes of p, and their number.
-func tagOf(p pieces) taggedAnswer {
+func tagOf(p pieces) answerTag {
 	sum, size := fnv.New64a(), 0
 	p(func(b []byte) { sum.Write(b); size += len(b) })
-	return taggedAnswer{etag: `W/"` + hex.EncodeToString(sum.Sum(nil)) + `"`, size: size}
+	return answerTag{etag: `W/"` + hex.EncodeToString(sum.Sum(nil)) + `"`, size: size}
 }
 
 // writeTagged is writeAnswer for an answer p whose tag is known.
-func writeTagged(w http.ResponseWriter, r *http.Request, held *memoryAccount, t taggedAnswer, p pieces) {
+func writeTagged(w http.ResponseWriter, r *http.Request, held *memoryAccount, t answerTag, p pieces) {
 	tag, size := t.etag, t.size
 	h := w.Header()
 	h.Set("Etag", tag) // the canonical form: Set need not copy the key
