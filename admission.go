@@ -23,10 +23,10 @@ import (
 // go only when fewer than n of them fall in the last w. Both numbers are
 // learnt from outcomes, with no configuration:
 //
-//   - Unpaced until two overloads in a row (a write sent after the first
-//     accepted says the first was a hiccup). Then n is the writes accepted
-//     before the first (they filled the window), and w lies between the
-//     time they took and maxWindow.
+//   - Unpaced until overloads are more than hiccups: two in a row, or four
+//     before twenty of the writes sent after the first are accepted. Then n
+//     is the writes accepted before the first (they filled the window), and
+//     w lies between the time they took and maxWindow.
 //   - Every outcome then narrows w, given n: a write accepted when the n-th
 //     last went d ago says w ≤ d; one refused says w > d. Writes go at the
 //     upper bound (slowest, so safe); probes test the middle (bisection).
@@ -70,13 +70,16 @@ type admission struct {
 	first         firstOverload // not paced yet: the model the first overload names
 }
 
-// firstOverload is what the first overload says, before pacing begins: n
-// writes, sent over span, filled the window, when a write given its turn
-// at at was refused.
+// firstOverload is what the first overload says, before pacing begins (n
+// writes, given their turns over span, filled the window, when the write
+// given turn was refused), and what the writes given their turns after it
+// said since.
 type firstOverload struct {
-	n    int
-	span time.Duration
-	at   time.Time
+	n                 int
+	span              time.Duration
+	turn              turn
+	refused, accepted int
+	inARow            bool // the last of them was refused
 }
 
 // admissionOptions configure an admission; every field is required.
@@ -311,22 +314,7 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 	i, _ := slices.BinarySearchFunc(a.slots, t, compareTurns)
 	before := a.slots[:i] // the writes that went before it
 	if a.n == 0 {
-		// Not paced yet. The first overload names the model (the writes
-		// before it filled the window), which paces from a second one
-		// that comes before any write sent after the first is accepted:
-		// an upstream that sends a 503 in a hiccup, or at random, takes
-		// the next write, and pacing it would refuse writes it takes.
-		switch {
-		case accepted:
-			if a.first.n > 0 && t.at.After(a.first.at) {
-				a.first = firstOverload{} // the first was a hiccup
-			}
-		case a.first.n > 0:
-			a.n, a.wLo, a.wHi = a.first.n, a.first.span, maxWindow
-			a.first = firstOverload{}
-		case len(before) > 0:
-			a.first = firstOverload{n: len(before), span: max(t.at.Sub(before[0].at), time.Millisecond), at: t.at}
-		}
+		a.learnUnpaced(t, accepted, before)
 		return
 	}
 	if !t.at.After(a.shrunkAt) {
@@ -372,6 +360,49 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 		a.probeAt = now.Add(wait - time.Duration(0.2*a.o.Jitter()*float64(wait)))
 	}
 }
+
+// learnUnpaced watches for overload before pacing begins. The first
+// overload names the model (the writes given their turn before it filled
+// the window); pacing from it begins at a second overload in a row, or at a
+// fourth before hiccupAccepts of the writes sent after the first are
+// accepted. An upstream that refuses a write in a hiccup (a deploy, a proxy)
+// or at random takes most of the writes after it, and pacing it would
+// refuse writes it takes; a limit refuses many (a sliding window, every one
+// until a write leaves it; a token bucket offered twice its rate, every
+// other one).
+func (a *admission) learnUnpaced(t turn, accepted bool, before []turn) {
+	f := &a.first
+	switch {
+	case f.n == 0:
+		if !accepted && len(before) > 0 {
+			*f = firstOverload{n: len(before), span: max(t.at.Sub(before[0].at), time.Millisecond), turn: t, refused: 1, inARow: true}
+		}
+	case compareTurns(t, f.turn) <= 0:
+		// Given its turn before the first: it says nothing of it.
+	case accepted:
+		f.accepted++
+		f.inARow = false
+		if f.accepted >= hiccupAccepts {
+			*f = firstOverload{} // the first was a hiccup
+		}
+	default:
+		f.refused++
+		if f.inARow || f.refused >= overloadRefusals {
+			a.n, a.wLo, a.wHi = f.n, f.span, maxWindow // paced from now on: n never returns to 0
+			return
+		}
+		f.inARow = true
+	}
+}
+
+// Before pacing begins, overloadRefusals refusals before hiccupAccepts
+// writes are accepted, or two in a row, are overload, not hiccups. Of an
+// upstream that refuses 2% of writes at random, about 3% of the refusals
+// begin pacing (and probes find its room again within seconds).
+const (
+	overloadRefusals = 4
+	hiccupAccepts    = 20
+)
 
 // rate returns the estimate in writes per second; 0 when not paced.
 func (a *admission) rate() float64 {

@@ -682,3 +682,32 @@ func TestAHiccupIsNotOverload(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusalsOfEveryOtherWriteAreOverload: a token bucket offered twice
+// its rate at a steady pace refuses every other write, never two in a row;
+// the fourth refusal before twenty writes are accepted begins pacing, at
+// the writes accepted before the first.
+func TestRefusalsOfEveryOtherWriteAreOverload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		for i := range 10 + 7 {
+			time.Sleep(100 * time.Millisecond)
+			turn, err := a.Admit(context.Background(), 0)
+			if err != nil {
+				t.Fatalf("write %d, before pacing: %v", i, err)
+			}
+			refused := i >= 10 && (i-10)%2 == 0 // from the 11th: refused, accepted, refused, …
+			if refused {
+				a.Done(turn, errTestOverload)
+			} else {
+				a.Done(turn, nil)
+			}
+			if paced := a.Snapshot().Writes > 0; paced != (i >= 16) { // the 4th refusal is write 16
+				t.Fatalf("after write %d, paced %v; want pacing from the 4th refusal on", i, paced)
+			}
+		}
+		if s := a.Snapshot(); s.Writes != 10 || s.Window != maxWindow {
+			t.Errorf("paced at %d writes per %v; want 10 per %v (at most)", s.Writes, s.Window, maxWindow)
+		}
+	})
+}
