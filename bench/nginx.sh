@@ -8,6 +8,10 @@
 #
 #   bench/nginx.sh                  # DURATION=10s ROUNDS=3
 #   REV=9133e12 bench/nginx.sh      # eventgate as of an earlier commit
+#   BASELINE=1 bench/nginx.sh       # and the standard library's own reverse
+#                                   # proxy (httputil.ReverseProxy, nothing
+#                                   # else): what net/http passes through
+#                                   # when every read is its own call
 #
 # Needs wrk and nginx (apt-get install -y wrk nginx-light); both are
 # installed when missing and apt-get is there.
@@ -57,6 +61,35 @@ EOF
 ALL_PIDS+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" > /dev/null && break; sleep 0.05; done
 
+# The standard library's reverse proxy, as a baseline: no log, no checks,
+# one upstream call per request. Built in $WORK, with a module of its own.
+GOPROXY_PORT=3204
+if [ -n "${BASELINE:-}" ]; then
+  mkdir -p "$WORK/baseline"
+  cat > "$WORK/baseline/main.go" <<'GO'
+package main
+
+import (
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+)
+
+func main() {
+	upstream, _ := url.Parse(os.Args[1])
+	proxy := httputil.NewSingleHostReverseProxy(upstream)
+	proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 64} // as nginx's keepalive 64
+	http.ListenAndServe(os.Args[2], proxy)
+}
+GO
+  printf 'module baseline\n\ngo 1.25\n' > "$WORK/baseline/go.mod"
+  (cd "$WORK/baseline" && go build -o "$WORK/baseline/proxy" .)
+  "$WORK/baseline/proxy" "http://127.0.0.1:$MOCK_PORT" "127.0.0.1:$GOPROXY_PORT" 2> /dev/null &
+  ALL_PIDS+=($!)
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$GOPROXY_PORT$PATH_UNDER_TEST" > /dev/null && break; sleep 0.05; done
+fi
+
 # run NAME URL: one wrk run; prints a line and appends "rps p99_ms" to $WORK/result.NAME.
 run() {
   local out rps p99 non2xx sockerr
@@ -73,9 +106,14 @@ echo "GET $PATH_UNDER_TEST, wrk -t2 -c50 -d$DURATION, ${REV:-this tree}"
 for _ in $(seq "$ROUNDS"); do
   run eventgate "$BASE$PATH_UNDER_TEST"
   run nginx "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
+  if [ -n "${BASELINE:-}" ]; then run go-proxy "http://127.0.0.1:$GOPROXY_PORT$PATH_UNDER_TEST"; fi
 done
 gate=$(awk '{ print $1 }' "$WORK/result.eventgate" | median)
 ngx=$(awk '{ print $1 }' "$WORK/result.nginx" | median)
 printf 'median req/s: eventgate %s, nginx %s, ratio %.2f\n' "$gate" "$ngx" "$(echo "$gate $ngx" | awk '{ print $1 / $2 }')"
 printf 'median p99: eventgate %s ms, nginx %s ms\n' "$(awk '{ print $2 }' "$WORK/result.eventgate" | median)" "$(awk '{ print $2 }' "$WORK/result.nginx" | median)"
+if [ -n "${BASELINE:-}" ]; then
+  printf 'median req/s of the standard library reverse proxy: %s, ratio to nginx %.2f\n' \
+    "$(awk '{ print $1 }' "$WORK/result.go-proxy" | median)" "$(awk '{ print $1 }' "$WORK/result.go-proxy" | median | awk -v n="$ngx" '{ print $1 / n }')"
+fi
 echo "upstream calls made by eventgate: $(curl -fs "$BASE/metrics" | awk '/^eventgate_upstream_request_duration_seconds_count\{call="getEvents"/ { s += $2 } END { print s + 0 }')"
