@@ -398,7 +398,8 @@ func (a *admission) learnUnpaced(t turn, accepted bool, before []turn) {
 // Before pacing begins, overloadRefusals refusals before hiccupAccepts
 // writes are accepted, or two in a row, are overload, not hiccups. Of an
 // upstream that refuses 2% of writes at random, about 3% of the refusals
-// begin pacing (and probes find its room again within seconds).
+// begin pacing; TestPacingMeetsTheUpstreamsCapacity still serves 98% of
+// its writes (51% when the first overload began it).
 const (
 	overloadRefusals = 4
 	hiccupAccepts    = 20
