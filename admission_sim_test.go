@@ -178,12 +178,12 @@ func TestPacingMeetsTheUpstreamsCapacity(t *testing.T) {
 		// Learning a window of 10 s from what 20 writes took (6.7 s) costs
 		// most of the first phase; a capacity that falls costs overloads.
 		{"20 then 5 per 10 s", []pacingPhase{{40 * time.Second, 20, 10 * time.Second, 3, 0, false}, {60 * time.Second, 5, 10 * time.Second, 2, 0, false}}, []float64{0.7, 0.8}, 0.2, 1},
-		// An upstream with room to spare that refuses 2% of writes at
-		// random (a 503 now and then): no reason to pace. Pacing from the
-		// first refusal served half of them.
 		// A token bucket offered twice its rate, at a steady pace: every
 		// other write is refused, never two in a row.
 		{"a token bucket of 10 per 10 s, offered 2/s", []pacingPhase{{100 * time.Second, 10, 10 * time.Second, 2, 0, true}}, []float64{0.7}, 0.15, 1},
+		// An upstream with room to spare that refuses 2% of writes at
+		// random (a 503 now and then): no reason to pace. Pacing from the
+		// first refusal served half of them.
 		{"2% refused at random", []pacingPhase{{100 * time.Second, 1000, 10 * time.Second, 5, 0.02, false}}, []float64{0.95}, 0.05, 1},
 		{"2% refused at random, two instances", []pacingPhase{{100 * time.Second, 1000, 10 * time.Second, 5, 0.02, false}}, []float64{0.9}, 0.05, 2},
 	} {
