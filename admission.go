@@ -33,7 +33,8 @@ import (
 //   - An outcome that no w explains corrects n: accepted sooner than the
 //     lower bound allows (or a probe accepted once w is known) means more
 //     fit (n+1); refused later than the upper bound means fewer fit (n-1,
-//     or n/2 if it happens again within a window; probes grow it back).
+//     or n/2 if it happens again within a window, none accepted between;
+//     probes grow it back).
 //     A paced write refused keeps its slot: someone else took it.
 //
 // A probe is one write more than the model allows, sent after every write
@@ -296,12 +297,13 @@ func (a *admission) Done(t turn, err error) {
 	switch {
 	case err == nil:
 		a.lastAccepted, a.refusingSince = now, time.Time{}
-		a.learn(t, true, now)
+		a.learn(t, true, false, now)
 	case overloaded:
-		if a.refusingSince.IsZero() {
+		again := !a.refusingSince.IsZero() // no write accepted since the last refusal
+		if !again {
 			a.refusingSince = now
 		}
-		a.learn(t, false, now)
+		a.learn(t, false, again, now)
 	}
 	if r := a.rate(); r > 2*a.logged || r < a.logged/2 {
 		a.logged = r
@@ -310,7 +312,7 @@ func (a *admission) Done(t turn, err error) {
 }
 
 // learn narrows the model with the outcome of the write given turn t.
-func (a *admission) learn(t turn, accepted bool, now time.Time) {
+func (a *admission) learn(t turn, accepted, again bool, now time.Time) {
 	i, _ := slices.BinarySearchFunc(a.slots, t, compareTurns)
 	before := a.slots[:i] // the writes that went before it
 	if a.n == 0 {
@@ -335,8 +337,10 @@ func (a *admission) learn(t turn, accepted bool, now time.Time) {
 		a.wHi = min(a.wHi, since)
 	case since >= a.wHi:
 		// Fewer fit than thought: one fewer, or half as many if it is the
-		// second time within a window.
-		if now.Sub(a.shrunkAt) < a.wHi {
+		// second time within a window with no write accepted between (a
+		// refusal among acceptances may be a hiccup: halving on each
+		// would pace an upstream that refuses 5% at random to a trickle).
+		if again && now.Sub(a.shrunkAt) < a.wHi {
 			a.n = max(1, a.n/2)
 		} else {
 			a.n = max(1, a.n-1)

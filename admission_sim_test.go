@@ -174,7 +174,8 @@ func TestPacingMeetsTheUpstreamsCapacity(t *testing.T) {
 		{"5 then 20 per 10 s, two instances", []pacingPhase{{60 * time.Second, 5, 10 * time.Second, 2, 0, false}, {40 * time.Second, 20, 10 * time.Second, 3, 0, false}}, []float64{0.85, 0.8}, 0.2, 2},
 		// Others: ours, a little below what the simulation gives.
 		{"10 per 5 s", []pacingPhase{{100 * time.Second, 10, 5 * time.Second, 4, 0, false}}, []float64{0.85}, 0.1, 1},
-		{"100 per minute", []pacingPhase{{180 * time.Second, 100, time.Minute, 3, 0, false}}, []float64{0.95}, 0.05, 1},
+		// 20 seeds of the jitter give 93% to 100% (this one 93%).
+		{"100 per minute", []pacingPhase{{180 * time.Second, 100, time.Minute, 3, 0, false}}, []float64{0.9}, 0.05, 1},
 		// Learning a window of 10 s from what 20 writes took (6.7 s) costs
 		// most of the first phase; a capacity that falls costs overloads.
 		{"20 then 5 per 10 s", []pacingPhase{{40 * time.Second, 20, 10 * time.Second, 3, 0, false}, {60 * time.Second, 5, 10 * time.Second, 2, 0, false}}, []float64{0.7, 0.8}, 0.2, 1},
@@ -186,6 +187,12 @@ func TestPacingMeetsTheUpstreamsCapacity(t *testing.T) {
 		// first refusal served half of them.
 		{"2% refused at random", []pacingPhase{{100 * time.Second, 1000, 10 * time.Second, 5, 0.02, false}}, []float64{0.95}, 0.05, 1},
 		{"2% refused at random, two instances", []pacingPhase{{100 * time.Second, 1000, 10 * time.Second, 5, 0.02, false}}, []float64{0.9}, 0.05, 2},
+		// Over five minutes at 5%, two refusals in a row do come, and
+		// pacing begins; each later random refusal then costs the model a
+		// write, faster than probes give it back. A known weakness: this
+		// one serves 50% (23% when every second refusal within a window
+		// halved the model; other seeds of the same case 64% to 89%).
+		{"5% refused at random, five minutes", []pacingPhase{{300 * time.Second, 1000, 10 * time.Second, 5, 0.05, false}}, []float64{0.45}, 0.06, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {

@@ -711,3 +711,43 @@ func TestRefusalsOfEveryOtherWriteAreOverload(t *testing.T) {
 		}
 	})
 }
+
+// TestARefusalAmongAcceptancesCostsOneStep: while paced, a refused write
+// costs one write of the model; a second refusal within the window costs
+// half the model, but only if no write was accepted between (a refusal among
+// acceptances may be a hiccup, and halving on each would pace an upstream
+// that refuses a few percent at random down to a trickle).
+func TestARefusalAmongAcceptancesCostsOneStep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newTestAdmission()
+		up := &windowUpstream{n: 10, w: time.Second}
+		offer(a, up, 20, 30*time.Second)
+		noProbes(a)
+		if n := a.Snapshot().Writes; n != 10 {
+			t.Fatalf("learnt %d writes per window; want 10", n)
+		}
+		write := func(err error) {
+			time.Sleep(time.Millisecond)
+			turn, admitErr := a.Admit(context.Background(), 0)
+			if admitErr != nil {
+				t.Fatal(admitErr)
+			}
+			a.Done(turn, err)
+		}
+		write(errTestOverload)
+		write(nil)
+		write(errTestOverload)
+		if n := a.Snapshot().Writes; n != 8 {
+			t.Errorf("after refused, accepted, refused: %d writes per window; want 8 (one step each)", n)
+		}
+		write(errTestOverload)
+		if n := a.Snapshot().Writes; n != 4 {
+			t.Errorf("after a second refusal in a row: %d writes per window; want half of 8", n)
+		}
+		time.Sleep(2 * time.Second) // more than the window: the next is no second time
+		write(errTestOverload)
+		if n := a.Snapshot().Writes; n != 3 {
+			t.Errorf("after a refusal a window after the last: %d writes per window; want one fewer than 4", n)
+		}
+	})
+}
