@@ -165,7 +165,8 @@ func withDeadline(d time.Duration) middleware {
 }
 
 // withAccessLog logs one line per request to logger, and counts it in m,
-// by route pattern and status. The line names the request id, the method,
+// by route pattern and status. The line names the request id, the method
+// (at most maxLoggedMethod bytes of it),
 // the route pattern, the path (at most maxLoggedPath bytes of it: it is the
 // client's), the client's address as the socket says (a proxy in front
 // shows as itself: X-Forwarded-For is the client's word, and not trusted),
@@ -190,7 +191,7 @@ func withAccessLog(logger *slog.Logger, m *metrics) middleware {
 				time:      start.Add(d), // now, without asking the clock again
 				requestID: requestIDFrom(r.Context()),
 				traceID:   traceIDFrom(r.Context()),
-				method:    r.Method,
+				method:    cut(r.Method, maxLoggedMethod),
 				route:     route,
 				path:      cut(r.URL.Path, maxLoggedPath),
 				client:    r.RemoteAddr,
@@ -289,8 +290,13 @@ func bodyBytes(r *http.Request, rec *statusRecorder) int64 {
 	return rec.bytes
 }
 
-// maxLoggedPath bounds the path in a request's log line.
-const maxLoggedPath = 256
+// maxLoggedPath and maxLoggedMethod bound the path and the method in a
+// request's log line: both are the client's, and net/http takes a method
+// of any length within its header limit (16 KB).
+const (
+	maxLoggedPath   = 256
+	maxLoggedMethod = 32
+)
 
 // cut returns s, or its first max bytes and "…" if it is longer.
 func cut(s string, max int) string {

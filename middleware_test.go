@@ -137,18 +137,23 @@ func TestSlowReadersGetTheWholeAnswer(t *testing.T) {
 }
 
 // TestAccessLogBoundsThePath: the request line keeps at most 256 bytes of
-// a path the client sent, however long, and names an unmatched route so.
+// a path the client sent, however long, and 32 of a method, and names an
+// unmatched route so.
 func TestAccessLogBoundsThePath(t *testing.T) {
 	var logs strings.Builder
 	h := withAccessLog(slog.New(slog.NewJSONHandler(&logs, nil)), newMetrics())(http.NotFoundHandler())
 	long := "/" + strings.Repeat("a", 10_000)
-	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", long, nil))
+	method := strings.Repeat("M", 10_000)
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(method, long, nil))
 	var entry map[string]any
 	if err := json.Unmarshal([]byte(logs.String()), &entry); err != nil {
 		t.Fatal(err)
 	}
 	if path, _ := entry["path"].(string); path != long[:256]+"…" || entry["route"] != "unmatched" || entry["status"] != float64(404) {
 		t.Errorf("logged path of %d bytes, route %v, status %v; want the path's first 256 bytes and …, unmatched, 404", len(path), entry["route"], entry["status"])
+	}
+	if m, _ := entry["method"].(string); m != method[:32]+"…" {
+		t.Errorf("logged a method of %d bytes; want its first 32 and …", len(m))
 	}
 }
 
